@@ -1,0 +1,1 @@
+"""The image-formation model: slicing, CTF, shifts, projection, simulation."""
