@@ -49,9 +49,9 @@ def ifft3c(spectrum: torch.Tensor) -> torch.Tensor:
 
 
 def fft3c_adjoint(spectrum: torch.Tensor) -> torch.Tensor:
-    """Adjoint of :func:`fft3c` (equal to ``N**2 * ifft3c``)."""
+    """Adjoint of :func:`fft3c` (equal to ``N * ifft3c``)."""
     n = spectrum.shape[-1]
-    return ifft3c(spectrum) * n**2
+    return ifft3c(spectrum) * n
 
 
 def frequencies(n: int, *, dtype=torch.float64, device=None) -> torch.Tensor:

@@ -1,0 +1,109 @@
+"""Rotation quadrature factored into base rotations and eight exact grid symmetries.
+
+Every rotation of the quadrature is written ``R = B T_v`` with ``B`` a *base*
+rotation and ``T_v`` (v = 0..7) one of ``Rz(m pi/2) F^f`` (m = 0..3, f = 0, 1),
+``F = diag(1, -1, -1)``.  Because ``T_v (kx, ky, 0) = (t_v(kx, ky), 0)`` with
+``t_v`` a 90-degree rotation and/or reflection of the Cartesian frequency
+grid, the slice of ``R`` at ``k`` is the slice of ``B`` at ``t_v(k)``: a
+permutation of the same points (and, through Hermitian symmetry, a complex
+conjugation on a half plane).  So only the base rotations are ever sliced;
+the symmetries act on the (cheap) data side.  This is exact, not an
+approximation.
+
+Given Lebedev directions (closed under inversion) and ``n_inplane`` divisible
+by 4, the base set is: one direction of each antipodal pair, times in-plane
+angles in ``[0, pi/2)``.  ``R = B T_v`` then runs over every direction and
+every in-plane angle exactly once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..forward.rotations import relion_euler_to_matrix
+
+__all__ = ["RotationSet", "build_rotation_set", "VARIANT_MATRICES", "half_plane_permutations"]
+
+
+def _variant_matrices() -> np.ndarray:
+    out = []
+    flip = np.diag([1.0, -1.0, -1.0])
+    for f in (0, 1):
+        for m in range(4):
+            c, s = np.cos(m * np.pi / 2), np.sin(m * np.pi / 2)
+            rz = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+            out.append(np.round(rz @ (flip if f else np.eye(3))))
+    return np.stack(out)
+
+
+VARIANT_MATRICES = _variant_matrices()  # (8, 3, 3), exact integers
+
+
+@dataclass(frozen=True)
+class RotationSet:
+    base: np.ndarray          # (Mb, 3, 3) base rotations
+    log_weights: np.ndarray   # (Mb,) log weight of each full rotation B T_v (same for all v)
+
+    @property
+    def size(self) -> int:
+        return 8 * len(self.base)
+
+    def rotation(self, variant, base_index) -> np.ndarray:
+        """Full rotation(s) ``B[base_index] @ T[variant]``: ``(..., 3, 3)``."""
+        return self.base[base_index] @ VARIANT_MATRICES[variant]
+
+    def all_rotations(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(8 * Mb, 3, 3)`` rotations (variant-major) and their ``(8 * Mb,)`` weights (sum 1)."""
+        rots = np.einsum("bij,vjk->vbik", self.base, VARIANT_MATRICES).reshape(-1, 3, 3)
+        return rots, np.tile(np.exp(self.log_weights), 8)
+
+
+def build_rotation_set(directions: np.ndarray, direction_weights: np.ndarray, n_inplane: int) -> RotationSet:
+    """Base set from directions ``(D, 3)`` (closed under inversion) with weights summing to 1.
+
+    ``n_inplane`` is rounded up to a multiple of 4.
+    """
+    n_inplane = int(4 * np.ceil(n_inplane / 4))
+    d = np.asarray(directions, dtype=np.float64)
+    w = np.asarray(direction_weights, dtype=np.float64)
+    w = w / w.sum()
+    # keep one of each antipodal pair: the one with z > 0, or on the equator y > 0, or x > 0
+    key = np.where(np.abs(d[:, 2]) > 1e-9, d[:, 2], np.where(np.abs(d[:, 1]) > 1e-9, d[:, 1], d[:, 0]))
+    keep = key > 0
+    if 2 * keep.sum() != len(d):
+        raise ValueError("the directions are not closed under inversion")
+    d, w = d[keep], w[keep] * 2  # each kept direction stands for itself and its antipode
+    rot = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
+    tilt = np.degrees(np.arccos(np.clip(d[:, 2], -1, 1)))
+    quarter = n_inplane // 4
+    psi = np.arange(quarter) * 360.0 / n_inplane
+    rr = np.repeat(rot, quarter)
+    tt = np.repeat(tilt, quarter)
+    pp = np.tile(psi, len(d))
+    base = relion_euler_to_matrix(rr, tt, pp)
+    # R[:, 2] is the direction for R = Rz(rot) Ry(tilt) Rz(psi) (scipy intrinsic ZYZ)
+    weights = np.repeat(w, quarter) / (2 * n_inplane)  # / 2: the antipode; / n_inplane: the angles
+    return RotationSet(base, np.log(weights))
+
+
+def half_plane_permutations(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For half-plane points ``(P, 2)`` (integers), where each symmetry sends each point.
+
+    Returns ``index (8, P)`` and ``conj (8, P)`` bool: ``t_v(k_p)`` is
+    ``k[index[v, p]]`` (``conj`` False) or ``-k[index[v, p]]`` (``conj`` True).
+    """
+    k = np.asarray(np.round(freqs), dtype=np.int64)
+    lookup = {tuple(p): i for i, p in enumerate(k)}
+    t2 = VARIANT_MATRICES[:, :2, :2].astype(np.int64)  # (8, 2, 2)
+    index = np.empty((8, len(k)), dtype=np.int64)
+    conj = np.zeros((8, len(k)), dtype=bool)
+    for v in range(8):
+        for p, q in enumerate(k @ t2[v].T):
+            q = tuple(q)
+            if q in lookup:
+                index[v, p] = lookup[q]
+            else:
+                index[v, p] = lookup[(-q[0], -q[1])]
+                conj[v, p] = True
+    return index, conj
