@@ -1,0 +1,1 @@
+"""Inference: quadrature over poses, likelihood, prior, objective."""
