@@ -105,7 +105,7 @@ class MarginalLikelihood:
         self.rotations = rotations
         if shifts is None:
             shifts, shift_weights = np.zeros((1, 2)), np.ones(1)
-        self.shifts = np.asarray(shifts, dtype=np.float64)
+        self.shifts = np.array(shifts, dtype=np.float64)
         freqs, weights = half_plane_frequencies(band_limit)
         self.freqs = freqs
         self.n_points = len(freqs)

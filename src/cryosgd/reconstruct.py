@@ -1,0 +1,375 @@
+"""Ab initio reconstruction: data -> objective -> optimiser, with checkpoints and logs.
+
+:func:`reconstruct` runs one stochastic optimiser from a random density on a
+particle set and returns a :class:`Reconstruction`.  Everything a run needs
+to continue after being killed is in its checkpoint; a resumed run gives the
+same result as an uninterrupted one.
+
+Defaults beyond the paper (each can be switched off in :class:`Settings`, so
+the paper's plain setting stays reproducible: ``Settings.paper()``):
+
+* frequency marching: the band limit rises from ``start_resolution`` to the
+  target over the first half of the run, in ``marching_stages`` steps, with
+  the quadrature matched to each band limit;
+* positivity: the density is clipped at 0 after every step;
+* a soft spherical mask at the particle diameter;
+* centring: every ``centre_every`` steps the density's centre of mass is moved
+  to the box centre;
+* noise: images are divided by their noise std, estimated from the background
+  outside the particle, so sigma = 1 in the likelihood.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .forward.density import random_spheres
+from .inference.likelihood import MarginalLikelihood
+from .inference.noise import estimate_noise_std
+from .inference.objective import Objective
+from .inference.prior import DensityPrior
+from .inference.quadrature import angular_step, choose_quadrature, lebedev_directions, lebedev_order_for_step
+from .inference.rotation_set import build_rotation_set
+from .io import InputError, ParticleSet
+from .optim import OPTIMIZERS, make_optimizer, tune_learning_rate, with_projection
+
+__all__ = ["Settings", "Reconstruction", "reconstruct", "Dataset", "load_dataset"]
+
+
+@dataclass
+class Settings:
+    optimizer: str = "sgd"
+    learning_rate: float | None = None     # None: tuned automatically
+    epochs: float = 1.0
+    batch_size: int | None = None          # None: the optimiser's (100; 300 for HF)
+    resolution: float | None = None        # Å; None: 25% of Nyquist
+    start_resolution: float | None = None  # Å; None: twice the target (marching)
+    marching_stages: int = 3
+    positivity: bool = True
+    mask: bool = True
+    particle_diameter: float | None = None  # Å; None: 0.8 of the box
+    centre_every: int = 25                  # steps; 0: off
+    max_shift: float = 0.0                  # pixels; 0: no shift search
+    lambda_plus: float = 1e-4
+    lambda_minus: float = 1e-4
+    test_size: int = 100
+    seed: int = 0
+    snapshots: tuple = (5000, 50000)        # gradient evaluations
+    evaluations: int = 40                   # test-NLL points over the run
+    checkpoint_every: float = 60.0          # seconds
+    tune_images: int = 300
+    tune_steps: int = 12
+    memory_budget: int = 1 << 30
+    noise_std: float | None = None          # None: estimated from the background
+    device: str = "cpu"
+
+    @classmethod
+    def paper(cls, **kw) -> "Settings":
+        """The paper's plain setting: fixed band limit (10% of Nyquist unless given), no extras."""
+        base = dict(start_resolution=None, marching_stages=1, positivity=False, mask=False, centre_every=0)
+        base.update(kw)
+        return cls(**base)
+
+
+@dataclass
+class Dataset:
+    """Particle images held for one run: normalised, split into training and test sets."""
+
+    particles: ParticleSet
+    noise_std: float
+    train: np.ndarray        # indices into particles
+    test: np.ndarray
+
+    def images(self, index) -> np.ndarray:
+        return self.particles.read_images(np.asarray(index)) / self.noise_std
+
+
+def load_dataset(particles: ParticleSet, settings: Settings) -> Dataset:
+    particles.validate_images()
+    n = len(particles)
+    if n < settings.test_size + 10:
+        raise InputError(particles.source, f"only {n} particles; need more than the {settings.test_size} "
+                                           "held out for testing")
+    rng = np.random.default_rng(settings.seed)
+    order = rng.permutation(n)
+    noise = settings.noise_std
+    if noise is None:
+        box = particles.box
+        radius = 0.5 * _diameter_px(particles, settings)
+        sample = particles.read_images(np.sort(order[:min(n, 1000)]))
+        noise = estimate_noise_std(sample, min(radius, 0.45 * box))
+        if not noise > 0:
+            raise InputError(particles.source, "the images' background has zero variance")
+    return Dataset(particles, float(noise), order[settings.test_size:], order[:settings.test_size])
+
+
+def _diameter_px(particles: ParticleSet, settings: Settings) -> float:
+    if settings.particle_diameter:
+        return settings.particle_diameter / particles.pixel_size
+    return 0.8 * particles.box
+
+
+@dataclass
+class Reconstruction:
+    volume: np.ndarray                      # (N, N, N) final density
+    pixel_size: float
+    log: list                               # dict rows: iteration, gradients, epoch, value, test_nll, ...
+    snapshots: dict                         # gradient count -> (N, N, N)
+    settings: Settings
+    learning_rate: float
+    band_limit: float                       # final band limit (Fourier pixels)
+    noise_std: float
+    wall_time: float
+    kernel_seconds: float = 0.0
+    chunk: int = 0
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def soft_mask(box: int, radius: float, width: float = 3.0) -> torch.Tensor:
+    """``(box,)*3`` spherical mask: 1 inside ``radius`` pixels, raised-cosine edge of ``width``."""
+    c = torch.arange(box, dtype=torch.float64) - box // 2
+    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+    r = torch.sqrt(x**2 + y**2 + z**2)
+    edge = 0.5 * (1 + torch.cos(math.pi * (r - radius) / width))
+    return torch.where(r <= radius, torch.ones_like(r), torch.where(r >= radius + width, torch.zeros_like(r), edge))
+
+
+def centre_density(volume: torch.Tensor) -> torch.Tensor:
+    """Move the centre of mass of the positive density to the box centre (integer-pixel roll)."""
+    n = volume.shape[-1]
+    w = volume.clamp(min=0)
+    total = float(w.sum())
+    if total <= 0:
+        return volume
+    c = torch.arange(n, dtype=volume.dtype) - n // 2
+    com = [float((w.sum(dim=tuple(j for j in range(3) if j != axis)) * c).sum()) / total for axis in range(3)]
+    shift = [-int(round(x)) for x in com]
+    return torch.roll(volume, shifts=shift, dims=(0, 1, 2)) if any(shift) else volume
+
+
+def band_schedule(settings: Settings, box: int, pixel_size: float, n_steps: int) -> list[tuple[int, float]]:
+    """``[(first_step, band_limit), ...]``: the marching stages."""
+    target = settings.resolution or box * pixel_size / (0.25 * box / 2)
+    r_final = box * pixel_size / target
+    stages = max(1, settings.marching_stages)
+    if stages == 1 or settings.start_resolution is None and stages == 1:
+        return [(0, r_final)]
+    r0 = box * pixel_size / (settings.start_resolution or 2 * target)
+    r0 = min(max(r0, 2.0), r_final)
+    half = n_steps // 2
+    out = []
+    for i in range(stages):
+        r = r0 + (r_final - r0) * i / (stages - 1)
+        out.append((int(round(half * i / (stages - 1))) if stages > 1 else 0, r))
+    return out
+
+
+def build_kernel(band_limit: float, box: int, pixel_size: float, settings: Settings) -> MarginalLikelihood:
+    q = choose_quadrature(band_limit, box, max_shift=settings.max_shift)
+    order = lebedev_order_for_step(angular_step(band_limit))
+    d, w = lebedev_directions(order)
+    rs = build_rotation_set(d, w, q.n_inplane)
+    dtype = torch.float32
+    return MarginalLikelihood(box, pixel_size, band_limit, rs, q.shifts, q.shift_weights, noise_std=1.0,
+                              dtype=dtype, device=settings.device, memory_budget=settings.memory_budget)
+
+
+def initial_density(box: int, dataset: Dataset, settings: Settings) -> torch.Tensor:
+    """The paper's random spheres, scaled so its projections carry about the images' signal power."""
+    rng = np.random.default_rng(settings.seed + 1)
+    vol = random_spheres(box, rng, radius=0.25 * _diameter_px(dataset.particles, settings))
+    sample = dataset.images(np.sort(dataset.train[:min(len(dataset.train), 500)]))
+    signal_var = max(float(sample.var()) - 1.0, 0.01)
+    proj_var = float(vol.sum(0).var())  # one projection: enough for a scale
+    return torch.as_tensor(vol * math.sqrt(signal_var / max(proj_var, 1e-12)), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise InputError(path, f"not a readable checkpoint ({err.__class__.__name__})") from None
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str | Path | None = None,
+                progress: Callable | None = None, stop_after: int | None = None) -> Reconstruction:
+    """Run ``settings.optimizer`` from a random density (see the module notes).
+
+    checkpoint: file to save to (atomically, every ``checkpoint_every`` seconds and at
+                the end) and to resume from if it exists with the same settings.
+    progress:   ``progress(done_steps, total_steps, info_dict)`` after every step.
+    stop_after: stop (with a checkpoint) after this many steps: for tests of resumption.
+    """
+    if settings.optimizer not in OPTIMIZERS:
+        raise InputError(particles.source, f"unknown optimiser {settings.optimizer!r}")
+    t_start = time.time()
+    torch.manual_seed(settings.seed)
+    box, apix = particles.box, particles.pixel_size
+    dataset = load_dataset(particles, settings)
+    probe = make_optimizer(settings.optimizer, 1.0)
+    batch = settings.batch_size or probe.batch_size
+    n_train = len(dataset.train)
+    steps_per_epoch = max(1, n_train // batch)
+    n_steps = max(1, int(round(settings.epochs * steps_per_epoch)))
+    schedule = band_schedule(settings, box, apix, n_steps)
+    prior = DensityPrior(settings.lambda_plus, settings.lambda_minus)
+    mask = soft_mask(box, 0.5 * _diameter_px(particles, settings)).float() if settings.mask else None
+
+    def project_constraints(v):
+        if settings.positivity:
+            v = v.clamp(min=0)
+        if mask is not None:
+            v = v * mask
+        return v
+
+    def batch_indices(step):
+        epoch, within = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([settings.seed, 7, epoch]).permutation(dataset.train)
+        return np.sort(order[within * batch:(within + 1) * batch])
+
+    kernels: dict[float, MarginalLikelihood] = {}
+
+    def kernel_for(r):
+        if r not in kernels:
+            kernels.clear()
+            kernels[r] = build_kernel(r, box, apix, settings)
+        return kernels[r]
+
+    r_eval = schedule[-1][1]
+    eval_kernel = build_kernel(r_eval, box, apix, settings)
+    test_batch = eval_kernel.prepare(dataset.images(np.sort(dataset.test)), dataset.particles.ctf[np.sort(dataset.test)])
+
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    settings_key = json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)
+    if state is not None and state.get("settings") != settings_key:
+        raise InputError(ckpt_path, "the checkpoint was written with other settings; remove it or use them")
+
+    if state is None:
+        volume = project_constraints(initial_density(box, dataset, settings))
+        lr = settings.learning_rate
+        if lr is None:
+            lr = _tune(settings, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints, n_train)
+        step, grads, log, snapshots, opt_state = 0, 0, [], {}, None
+        kernel_seconds = 0.0
+    else:
+        volume, lr = state["volume"], state["learning_rate"]
+        step, grads, log = state["step"], state["gradients"], state["log"]
+        snapshots, opt_state, kernel_seconds = state["snapshots"], state["optimizer_state"], state["kernel_seconds"]
+
+    opt = make_optimizer(settings.optimizer, lr)
+    if settings.positivity or mask is not None:
+        opt = with_projection(opt, project_constraints)
+    if opt_state is None:
+        opt_state = opt.init(volume)
+    eval_every = max(1, n_steps // max(1, settings.evaluations))
+    last_save = time.time()
+    snap_targets = sorted(settings.snapshots)
+
+    def band_at(s):
+        return [r for first, r in schedule if first <= s][-1]
+
+    def evaluate():
+        return eval_kernel  # noqa
+
+    while step < n_steps:
+        r = band_at(step)
+        kern = kernel_for(r)
+        objective = Objective(kern, prior, n_train)
+        idx = batch_indices(step)
+        mb = kern.prepare(dataset.images(idx), dataset.particles.ctf[idx])
+        t0 = time.time()
+        out = objective(volume, mb)
+
+        def grad_fn(p, _objective=objective, _mb=mb):
+            o = _objective(p, _mb)
+            return o.value, o.gradient
+
+        volume, opt_state, n_extra = opt.update(out.gradient, opt_state, volume, value=out.value, grad_fn=grad_fn)
+        kernel_seconds += time.time() - t0
+        step += 1
+        grads += len(idx) * (1 + n_extra)
+        if settings.centre_every and step % settings.centre_every == 0 and step < n_steps:
+            volume = centre_density(volume)
+        for target in snap_targets:
+            if target not in snapshots and grads >= target:
+                snapshots[target] = volume.clone()
+        row = {"step": step, "gradients": grads, "epoch": step / steps_per_epoch, "band_limit": r,
+               "value": out.value, "seconds": time.time() - t_start}
+        if step % eval_every == 0 or step == n_steps:
+            row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch)
+        log.append(row)
+        if progress is not None:
+            progress(step, n_steps, row)
+        done = step == n_steps or (stop_after is not None and step >= stop_after)
+        if ckpt_path and (done or time.time() - last_save > settings.checkpoint_every):
+            save_checkpoint(ckpt_path, {"settings": settings_key, "volume": volume, "learning_rate": lr,
+                                        "step": step, "gradients": grads, "log": log, "snapshots": snapshots,
+                                        "optimizer_state": opt_state, "kernel_seconds": kernel_seconds})
+            last_save = time.time()
+        if stop_after is not None and step >= stop_after and step < n_steps:
+            break
+    snapshots_np = {k: v.numpy() for k, v in snapshots.items()}
+    snapshots_np["final"] = volume.numpy()
+    return Reconstruction(volume.numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
+                          dataset.noise_std, time.time() - t_start, kernel_seconds,
+                          kernel_for(band_at(max(step - 1, 0))).chunk)
+
+
+def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
+    """The base learning rate from a short search on ``tune_images`` training images."""
+    subset = dataset.train[:min(len(dataset.train), settings.tune_images)]
+    objective = Objective(kern, prior, n_train)
+    cache = {}
+
+    def factory(batch_size, seed):
+        rng = np.random.default_rng([settings.seed, 11])
+        for _ in range(settings.tune_steps):
+            idx = np.sort(rng.choice(subset, size=min(batch_size, len(subset)), replace=False))
+            key = tuple(idx)
+            if key not in cache:
+                cache[key] = kern.prepare(dataset.images(idx), dataset.particles.ctf[idx])
+            mb = cache[key]
+
+            def grad_fn(p, _mb=mb):
+                o = objective(p, _mb)
+                return o.value, o.gradient
+
+            yield grad_fn
+
+    # candidates around the rate whose first plain-gradient step moves the density by 10% of its norm
+    # (the objective is not convex at a random start, so a Newton-step reference does not exist)
+    value, grad = next(iter(factory(100, settings.seed)))(volume)
+    scale = 0.1 * float(volume.norm()) / max(float(grad.norm()), 1e-30)
+    if settings.optimizer in ("adagrad",):
+        scale = 0.1 * float(volume.abs().max())
+    if settings.optimizer in ("olbfgs", "hf"):
+        scale = 1.0
+    candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
+    return float(tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates,
+                                    n_steps=settings.tune_steps, seed=settings.seed, projection=projection))
