@@ -78,6 +78,169 @@ def _cmd_fsc(args) -> None:
         print(report.text())
 
 
+def _settings_from(args, **overrides):
+    from .reconstruct import Settings
+
+    base = Settings.paper if getattr(args, "paper", False) else Settings
+    kw = dict(epochs=args.epochs, resolution=args.resolution, seed=args.seed, max_shift=args.max_shift,
+              learning_rate=args.learning_rate, test_size=args.test_size)
+    if args.particle_diameter:
+        kw["particle_diameter"] = args.particle_diameter
+    if getattr(args, "no_marching", False):
+        kw["marching_stages"] = 1
+    for flag, key in (("no_positivity", "positivity"), ("no_mask", "mask")):
+        if getattr(args, flag, False):
+            kw[key] = False
+    if getattr(args, "no_centring", False):
+        kw["centre_every"] = 0
+    kw.update(overrides)
+    return base(**kw)
+
+
+def _run_one(particles, outdir: Path, settings, *, reference=None, reference_name="", assign=True, label=""):
+    """Run one reconstruction with a progress bar; write its outputs; return (summary, Reconstruction)."""
+    from tqdm import tqdm
+
+    from .outputs import write_outputs
+    from .reconstruct import assign_poses, reconstruct
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(desc=label or settings.optimizer, unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=os.environ.get("CRYOSGD_QUIET") == "1")
+
+    def progress(done, total, row):
+        bar.total = total
+        bar.n = done
+        info = {"res": f"{particles.box * particles.pixel_size / row['band_limit']:.1f}A"}
+        if "test_nll" in row:
+            info["test_nll"] = f"{row['test_nll']:.2f}"
+        bar.set_postfix(info, refresh=True)
+
+    rec = reconstruct(particles, settings, checkpoint=outdir / "checkpoint.pt", progress=progress)
+    bar.close()
+    poses = None
+    if assign:
+        with _progress(len(particles), "poses") as pbar:
+            poses = assign_poses(particles, rec.volume, rec, progress=pbar.update)
+    summary = write_outputs(outdir, rec, particles, poses=poses, reference=reference, reference_name=reference_name)
+    return summary, rec
+
+
+def _reference(args):
+    if not getattr(args, "reference", None):
+        return None, ""
+    from .io import read_map
+
+    vol, _ = read_map(args.reference)
+    return vol, str(args.reference)
+
+
+def _cmd_reconstruct(args) -> None:
+    from .io import load_particles
+
+    particles = load_particles(args.particles)
+    settings = _settings_from(args, optimizer=args.optimizer)
+    reference, name = _reference(args)
+    out = Path(args.output)
+    summary, _ = _run_one(particles, out, settings, reference=reference, reference_name=name)
+    msg = (f"wrote {out / 'map.mrc'} ({summary['band_limit_resolution_A']:.1f} Å band limit, "
+           f"{summary['wall_seconds']:.0f} s)")
+    if "fsc_0.5_A" in summary:
+        msg += f"; FSC vs reference: {summary['fsc_0.5_A']:.1f} Å at 0.5, {summary['fsc_0.143_A']:.1f} Å at 0.143"
+    print(msg + f"; report: {out / 'report.md'}")
+
+
+def _cmd_compare(args) -> None:
+    from .io import load_particles
+    from .optim import OPTIMIZERS
+    from .report import plot_compare_nll, plot_montage, write_report
+
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
+    bad = [n for n in names if n not in OPTIMIZERS]
+    if bad:
+        from .io import InputError
+
+        raise InputError(args.particles, f"unknown optimiser(s) {', '.join(bad)}; choose from {', '.join(OPTIMIZERS)}")
+    particles = load_particles(args.particles)
+    reference, ref_name = _reference(args)
+    out = Path(args.output)
+    logs, montage, rows = {}, {}, []
+    for name in names:
+        settings = _settings_from(args, optimizer=name)
+        summary, rec = _run_one(particles, out / name, settings, reference=reference, reference_name=ref_name,
+                                assign=False, label=name)
+        logs[name] = rec.log
+        montage[name] = {("final" if k == "final" else f"{int(k) // 1000}K"): v for k, v in rec.snapshots.items()}
+        rows.append((name, summary))
+    plot_compare_nll(out / "nll.png", logs)
+    cols = [f"{int(s) // 1000}K" for s in sorted(_settings_from(args).snapshots)] + ["final"]
+    plot_montage(out / "montage.png", montage, cols)
+    head = "| method | learning rate | steps | gradient evals | final test NLL | wall s |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    extra = reference is not None
+    if extra:
+        lines[0] += " FSC 0.5 (Å) | FSC 0.143 (Å) |"
+        lines[1] += "---|---|"
+    for name, s in rows:
+        line = (f"| {name} | {s['learning_rate']:.3g} | {s['steps']} | {s['gradients']} | "
+                f"{s['final_test_nll']:.3f} | {s['wall_seconds']:.0f} |")
+        if extra:
+            line += f" {s['fsc_0.5_A']:.1f} | {s['fsc_0.143_A']:.1f} |"
+        lines.append(line)
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    write_report(out / "report.md", f"cryosgd comparison: {particles.source.name}",
+                 [("Table", table), ("Test NLL against gradient evaluations (Figure 3)", "![nll](nll.png)"),
+                  ("Densities at 5K, 50K gradients and final (Figure 4)", "![montage](montage.png)")])
+    print(table)
+    print(f"wrote {out / 'nll.png'}, {out / 'montage.png'}, {out / 'table.md'} and {out / 'report.md'}")
+
+
+def _cmd_demo(args) -> None:
+    from importlib import resources
+
+    from .io import load_particles
+    from .simulation import simulate_dataset
+
+    out = Path(args.output)
+    source = resources.files("cryosgd") / "data" / "demo_5fuu_64px_3A.mrc"
+    print(f"1/3 simulating {args.n} particles of PDB 5FUU (64 px, 3 Å/px, SNR {args.snr}, real CTF values)")
+    with _progress(args.n, "simulate") as bar:
+        paths, _ = simulate_dataset(source, out / "data", n=args.n, box=64, pixel_size=3.0, snr=args.snr,
+                                    seed=args.seed, progress=bar.update)
+    print("2/3 reconstructing from random spheres with SGD (1 epoch)")
+    particles = load_particles(paths.particles)
+    from .reconstruct import Settings
+
+    settings = Settings(epochs=args.epochs, resolution=20.0, seed=args.seed)
+    from .io import read_map
+
+    truth, _ = read_map(paths.volume)
+    summary, _ = _run_one(particles, out / "reconstruction", settings, reference=truth,
+                          reference_name=str(paths.volume))
+    print("3/3 scored against the ground truth after alignment: "
+          f"{summary['fsc_0.5_A']:.1f} Å at FSC 0.5, {summary['fsc_0.143_A']:.1f} Å at 0.143 "
+          f"(band limit {summary['band_limit_resolution_A']:.1f} Å) in {summary['wall_seconds']:.0f} s")
+    print(f"report: {out / 'reconstruction' / 'report.md'}")
+
+
+def _add_run_options(p, *, epochs=1.0) -> None:
+    p.add_argument("--epochs", type=float, default=epochs, help=f"passes over the training images (default {epochs:g})")
+    p.add_argument("--resolution", type=float, help="target resolution in Å (default: 25%% of Nyquist)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--learning-rate", type=float, help="base learning rate (default: tuned automatically)")
+    p.add_argument("--max-shift", type=float, default=0.0, help="largest shift searched, pixels (default 0)")
+    p.add_argument("--particle-diameter", type=float, help="Å (default: 80%% of the box)")
+    p.add_argument("--test-size", type=int, default=100, help="held-out images (default 100)")
+    p.add_argument("--reference", help="a map to score against (FSC after alignment) in the report")
+    p.add_argument("--paper", action="store_true", help="the paper's plain setting: no marching, positivity, "
+                                                        "mask or centring")
+    p.add_argument("--no-marching", action="store_true", help="fixed band limit")
+    p.add_argument("--no-positivity", action="store_true")
+    p.add_argument("--no-mask", action="store_true")
+    p.add_argument("--no-centring", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cryosgd", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,6 +263,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kernel", choices=["trilinear", "lanczos"], default="trilinear")
     b.add_argument("--noise-std", type=float, help="image noise std (default: estimated from the background)")
     b.set_defaults(func=_cmd_backproject)
+
+    r = sub.add_parser("reconstruct", help="ab initio reconstruction from a random density")
+    r.add_argument("particles", help="STAR (or cryoSPARC .cs) file with CTFs")
+    r.add_argument("-o", "--output", required=True, help="output folder")
+    r.add_argument("--optimizer", default="sgd", choices=["sgd", "cm", "nag", "adagrad", "tonga", "olbfgs", "hf"])
+    _add_run_options(r)
+    r.set_defaults(func=_cmd_reconstruct)
+
+    c = sub.add_parser("compare", help="run several optimisers on the same data in the same order")
+    c.add_argument("particles")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--optimizers", default="sgd,cm,nag,adagrad,tonga,olbfgs,hf")
+    _add_run_options(c)
+    c.set_defaults(func=_cmd_compare)
+
+    d = sub.add_parser("demo", help="simulate -> reconstruct from random spheres -> FSC against the truth")
+    d.add_argument("-o", "--output", default="cryosgd-demo", help="output folder (default cryosgd-demo)")
+    d.add_argument("-n", type=int, default=5000, help="particles (default 5000)")
+    d.add_argument("--snr", type=float, default=0.05)
+    d.add_argument("--epochs", type=float, default=1.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_demo)
 
     f = sub.add_parser("fsc", help="Fourier shell correlation between two maps")
     f.add_argument("map")

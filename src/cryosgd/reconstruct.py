@@ -373,3 +373,24 @@ def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
     candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
     return float(tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates,
                                     n_steps=settings.tune_steps, seed=settings.seed, projection=projection))
+
+
+def assign_poses(particles: ParticleSet, volume: np.ndarray, rec: Reconstruction, *, batch: int = 100,
+                 progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each particle's most probable pose under the final map and band limit.
+
+    Returns rotations ``(n, 3, 3)``, origin offsets ``(n, 2)`` pixels and the
+    posterior probability of that pose ``(n,)``.
+    """
+    kern = build_kernel(rec.band_limit, particles.box, particles.pixel_size, rec.settings)
+    vol = torch.as_tensor(volume, dtype=torch.float32)
+    n = len(particles)
+    rots, shifts, probs = np.empty((n, 3, 3)), np.empty((n, 2)), np.empty(n)
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(n, start + batch))
+        mb = kern.prepare(particles.read_images(idx) / rec.noise_std, particles.ctf[idx])
+        res = kern(vol, mb, gradient=False)
+        rots[idx], shifts[idx], probs[idx] = res.best_rotation, res.best_shift, res.best_probability
+        if progress is not None:
+            progress(len(idx))
+    return rots, shifts, probs

@@ -1,6 +1,7 @@
 """Volumes to start from: densities from atomic models or maps, and the paper's random spheres."""
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,9 @@ def density_from_model(path: str | Path, box: int, pixel_size: float, *, resolut
     """Electron-scattering density of an atomic model (PDB/mmCIF) on a ``(box,)*3`` grid.
 
     The model's centroid is placed at the box centre (voxel ``box // 2``).
-    ``resolution`` (Å) sets gemmi's ``d_min`` (default: Nyquist, ``2 * pixel_size``).
+    The atoms are blurred (an isotropic B-factor added to each) so that the
+    density falls to 1% at ``resolution`` (Å; default Nyquist, ``2 * pixel_size``):
+    sampled on the grid, it is then band-limited rather than aliased.
     Returns float32 indexed [z, y, x].
     """
     import gemmi
@@ -36,7 +39,9 @@ def density_from_model(path: str | Path, box: int, pixel_size: float, *, resolut
     length = box * pixel_size
     cell = gemmi.UnitCell(length, length, length, 90, 90, 90)
     calc = gemmi.DensityCalculatorE()
-    calc.d_min = resolution if resolution else 2 * pixel_size
+    d = resolution if resolution else 2 * pixel_size
+    calc.d_min = d
+    calc.blur = 4 * math.log(100) * d**2  # exp(-B s^2 / 4) = 0.01 at s = 1/d
     calc.grid.set_unit_cell(cell)
     calc.grid.spacegroup = gemmi.SpaceGroup("P 1")
     calc.grid.set_size(box, box, box)
