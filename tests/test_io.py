@@ -1,7 +1,6 @@
 """Round trips through the file formats, and the real files in ../shared/data."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import mrcfile
@@ -166,8 +165,7 @@ def test_subset_and_with_poses(tmp_path):
 
 
 @pytest.mark.relion
-@pytest.mark.skipif(shutil.which("relion_star_printtable") is None, reason="RELION 3.1 not installed")
-def test_relion_reads_written_star(tmp_path):
+def test_relion_reads_written_star(tmp_path, relion_programs):
     particles, _ = _synthetic_set(tmp_path)
     out = tmp_path / "relion.star"
     write_particles_star(out, particles)

@@ -224,6 +224,44 @@ def _cmd_demo(args) -> None:
     print(f"report: {out / 'reconstruction' / 'report.md'}")
 
 
+def _cmd_projmatch(args) -> None:
+    import csv
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from .io import load_particles, write_map, write_particles_star
+    from .projmatch import projection_matching
+    from .report import plot_views
+    from .simulation import load_source_volume
+
+    particles = load_particles(args.particles)
+    init = None if args.init is None else load_source_volume(args.init, particles.box, particles.pixel_size)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=args.iterations, desc="projmatch", unit="it", file=sys.stderr, dynamic_ncols=True,
+               disable=os.environ.get("CRYOSGD_QUIET") == "1")
+
+    def progress(done, total, row):
+        bar.update(1)
+        bar.set_postfix({"corr": f"{row['mean_correlation']:.3f}"}, refresh=True)
+
+    result = projection_matching(particles, iterations=args.iterations, init=init, resolution=args.resolution,
+                                 max_shift=args.max_shift, seed=args.seed, particle_diameter=args.particle_diameter,
+                                 progress=progress)
+    bar.close()
+    write_map(out / "map.mrc", result.volume.astype(np.float32), particles.pixel_size)
+    write_particles_star(out / "particles.star", particles.with_poses(result.rotations, result.shifts))
+    with open(out / "log.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(result.log[0]))
+        writer.writeheader()
+        writer.writerows(result.log)
+    plot_views(out / "slices.png", {"projection matching": result.volume},
+               title=f"{args.iterations} iterations, band limit {result.log[-1]['resolution']:.1f} Å")
+    print(f"wrote {out / 'map.mrc'}, particles.star, log.csv and slices.png ({result.wall_time:.0f} s; "
+          f"mean correlation {result.log[-1]['mean_correlation']:.3f})")
+
+
 def _add_run_options(p, *, epochs=1.0) -> None:
     p.add_argument("--epochs", type=float, default=epochs, help=f"passes over the training images (default {epochs:g})")
     p.add_argument("--resolution", type=float, help="target resolution in Å (default: 25%% of Nyquist)")
@@ -286,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
 
+    pm = sub.add_parser("projmatch", help="iterative projection matching (a baseline) from random spheres or a map")
+    pm.add_argument("particles", help="STAR (or cryoSPARC .cs) file with CTFs")
+    pm.add_argument("-o", "--output", required=True, help="output folder")
+    pm.add_argument("--iterations", type=int, default=5, help="matching + reconstruction rounds (default 5)")
+    pm.add_argument("--init", help="starting map or atomic model (default: the random spheres reconstruct uses)")
+    pm.add_argument("--resolution", type=float, help="matching band limit in Å (default: 25%% of Nyquist)")
+    pm.add_argument("--max-shift", type=float, default=0.0, help="largest shift searched, pixels (default 0)")
+    pm.add_argument("--particle-diameter", type=float, help="Å (default: 80%% of the box)")
+    pm.add_argument("--seed", type=int, default=0)
+    pm.set_defaults(func=_cmd_projmatch)
+
     f = sub.add_parser("fsc", help="Fourier shell correlation between two maps")
     f.add_argument("map")
     f.add_argument("reference")
@@ -300,16 +349,20 @@ def main(argv=None) -> int:
     from .io import InputError
 
     args = build_parser().parse_args(argv)
-    warnings.simplefilter("default")
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"cryosgd: warning: {msg}\n"
-    try:
-        args.func(args)
-    except InputError as err:
-        print(f"cryosgd: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cryosgd: interrupted", file=sys.stderr)
-        return 130
+    show = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda msg, *a, **k: print(f"cryosgd: warning: {msg}", file=sys.stderr)
+        try:
+            args.func(args)
+        except InputError as err:
+            print(f"cryosgd: error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("cryosgd: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            warnings.showwarning = show
     return 0
 
 

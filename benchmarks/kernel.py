@@ -1,0 +1,119 @@
+"""Throughput of the likelihood + gradient kernel at the paper's settings.
+
+    python benchmarks/kernel.py [--json] [--device cpu|cuda] [--repeats N]
+
+Settings (128 px images, minibatch of 100, quadrature chosen from the band limit):
+  synthetic: 10% of Nyquist, no shifts (the paper's synthetic data)
+  real:      16% of Nyquist, shifts within 8 px (the paper's real data)
+
+For each, it reports images/s for likelihood+gradient, the implied time for an epoch of 50,000
+images, the float32 matrix-multiply rate measured on this machine in the same run (the peak),
+and the ratio of the kernel's achieved matrix-product rate (counting only its matrix-product
+FLOPs) to that peak.  With --json: one JSON object per line, one per setting, with the keys
+setting, images_per_s, epoch_50k_s, matmul_gflops and ratio (and a few descriptive extras).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from cryosgd.forward.ctf import CTFParams
+from cryosgd.inference.likelihood import MarginalLikelihood
+from cryosgd.inference.quadrature import (angular_step, band_limit_pixels, choose_quadrature, lebedev_directions,
+                                          lebedev_order_for_step)
+from cryosgd.inference.rotation_set import build_rotation_set
+
+BOX, BATCH = 128, 100
+SETTINGS = {"synthetic": (0.10, 0.0), "real": (0.16, 8.0)}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device, dtype=torch.float32, n=3072, repeats=5) -> float:
+    """Best observed GFLOP/s of a square matrix product on this device."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def kernel_flops(kern: MarginalLikelihood, batch: int) -> float:
+    """Matrix-product FLOPs of one likelihood + gradient call."""
+    mb = len(kern.rotations.base)
+    p = kern.n_points
+    rows = 8 * batch * len(kern.shifts)
+    forward = 2 * rows * (2 * p + 1) * mb + 2 * (8 * batch) * p * mb
+    backward = 2 * (2 * p) * rows * mb + 2 * p * (8 * batch) * mb
+    return float(forward + backward)
+
+
+def measure(name: str, device, repeats: int) -> dict:
+    fraction, max_shift = SETTINGS[name]
+    r = band_limit_pixels(BOX, fraction)
+    q = choose_quadrature(r, BOX, max_shift=max_shift)
+    d, w = lebedev_directions(lebedev_order_for_step(angular_step(r)))
+    rs = build_rotation_set(d, w, q.n_inplane)
+    t0 = time.perf_counter()
+    kern = MarginalLikelihood(BOX, 2.0, r, rs, q.shifts, q.shift_weights, device=device)
+    build = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    vol = torch.randn(BOX, BOX, BOX) * 0.01
+    ctf = CTFParams.make(rng.uniform(1e4, 3e4, BATCH), None, 0.0, 300.0, 2.7, 0.1)
+    batch = kern.prepare(rng.standard_normal((BATCH, BOX, BOX)).astype(np.float32), ctf)
+    kern(vol, batch)  # warm-up
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        kern(vol, batch)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    dt = float(np.median(times))
+    peak = matmul_peak(device)
+    flops = kernel_flops(kern, BATCH)
+    ips = BATCH / dt
+    return {"setting": name, "images_per_s": round(ips, 1), "epoch_50k_s": round(50000 / ips, 1),
+            "matmul_gflops": round(peak, 1), "ratio": round(flops / dt / 1e9 / peak, 3),
+            "kernel_gflops": round(flops / dt / 1e9, 1), "seconds_per_batch": round(dt, 4),
+            "rotations": 8 * len(rs.base), "shifts": len(q.shifts), "points": kern.n_points,
+            "band_limit_px": r, "chunk": kern.chunk, "build_s": round(build, 2), "device": str(device),
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--settings", default="synthetic,real")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    for name in args.settings.split(","):
+        row = measure(name, device, args.repeats)
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(f"{name:10s} {row['images_per_s']:8.1f} img/s  epoch(50k) {row['epoch_50k_s']:8.1f} s  "
+                  f"kernel {row['kernel_gflops']:6.1f} GFLOP/s  peak {row['matmul_gflops']:6.1f}  "
+                  f"ratio {row['ratio']:.2f}  ({row['rotations']} rotations x {row['shifts']} shifts, "
+                  f"P={row['points']}, chunk {row['chunk']}; {platform.processor() or platform.machine()})",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
