@@ -12,14 +12,22 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import parallel
+
 __all__ = ["main"]
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
-                disable=os.environ.get("CRYOSGD_QUIET") == "1")
+                disable=os.environ.get("CRYOSGD_QUIET") == "1" or not parallel.is_main())
 
 
 def _cmd_simulate(args) -> None:
@@ -83,7 +91,8 @@ def _settings_from(args, **overrides):
 
     base = Settings.paper if getattr(args, "paper", False) else Settings
     kw = dict(epochs=args.epochs, resolution=args.resolution, seed=args.seed, max_shift=args.max_shift,
-              learning_rate=args.learning_rate, test_size=args.test_size)
+              learning_rate=args.learning_rate, test_size=args.test_size, device=args.device,
+              checkpoint_every=args.checkpoint_every)
     if args.particle_diameter:
         kw["particle_diameter"] = args.particle_diameter
     if getattr(args, "no_marching", False):
@@ -106,7 +115,7 @@ def _run_one(particles, outdir: Path, settings, *, reference=None, reference_nam
 
     outdir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(desc=label or settings.optimizer, unit="step", file=sys.stderr, dynamic_ncols=True,
-               disable=os.environ.get("CRYOSGD_QUIET") == "1")
+               disable=os.environ.get("CRYOSGD_QUIET") == "1" or not parallel.is_main())
 
     def progress(done, total, row):
         bar.total = total
@@ -122,6 +131,8 @@ def _run_one(particles, outdir: Path, settings, *, reference=None, reference_nam
     if assign:
         with _progress(len(particles), "poses") as pbar:
             poses = assign_poses(particles, rec.volume, rec, progress=pbar.update)
+    if not parallel.is_main():
+        return {}, rec
     summary = write_outputs(outdir, rec, particles, poses=poses, reference=reference, reference_name=reference_name)
     return summary, rec
 
@@ -143,6 +154,8 @@ def _cmd_reconstruct(args) -> None:
     reference, name = _reference(args)
     out = Path(args.output)
     summary, _ = _run_one(particles, out, settings, reference=reference, reference_name=name)
+    if not parallel.is_main():
+        return
     msg = (f"wrote {out / 'map.mrc'} ({summary['band_limit_resolution_A']:.1f} Å band limit, "
            f"{summary['wall_seconds']:.0f} s)")
     if "fsc_0.5_A" in summary:
@@ -277,6 +290,10 @@ def _add_run_options(p, *, epochs=1.0) -> None:
     p.add_argument("--no-positivity", action="store_true")
     p.add_argument("--no-mask", action="store_true")
     p.add_argument("--no-centring", action="store_true")
+    p.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints (default 60)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when present; default)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (default 1); "
+                                                       "for several machines use torchrun")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,10 +362,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _spawned(index: int, argv: list, world: int, port: int) -> None:
+    os.environ.update({"RANK": str(index), "LOCAL_RANK": str(index), "WORLD_SIZE": str(world),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    code = main(argv)
+    if code:
+        sys.exit(code)
+
+
+def _run_spawned(argv: list, nproc: int) -> int:
+    """``--nproc N``: run the same command in N processes on this machine."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rest = []
+    skip = False
+    for i, a in enumerate(argv):  # drop --nproc N / --nproc=N
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    try:
+        mp.spawn(_spawned, args=(rest, nproc, port), nprocs=nproc, join=True)
+    except mp.ProcessExitedException as err:
+        print(f"cryosgd: error: process {err.error_index} of {nproc} exited with code {err.exit_code}; "
+              "the last checkpoint is intact: run the same command again to resume", file=sys.stderr)
+        return 3
+    except mp.ProcessRaisedException as err:
+        last = str(err).strip().splitlines()[-1]
+        print(f"cryosgd: error: a process of the distributed run failed ({last}); the last checkpoint is intact: "
+              "run the same command again to resume", file=sys.stderr)
+        return 3
+    return 0
+
+
 def main(argv=None) -> int:
     from .io import InputError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if getattr(args, "nproc", 1) > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _run_spawned(argv, args.nproc)
+    parallel.init_from_environment(getattr(args, "device", "cpu").replace("auto", "cuda" if _has_cuda() else "cpu"))
     show = warnings.showwarning
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -361,6 +425,10 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             print("cryosgd: interrupted", file=sys.stderr)
             return 130
+        except parallel.DistributedFailure as err:
+            print(f"cryosgd: error: {err}; the last checkpoint is intact: run the same command again "
+                  "(with any number of processes) to resume", file=sys.stderr)
+            return 3
         finally:
             warnings.showwarning = show
     return 0

@@ -39,8 +39,11 @@ from .inference.objective import Objective
 from .inference.prior import DensityPrior
 from .inference.quadrature import angular_step, choose_quadrature, lebedev_directions, lebedev_order_for_step
 from .inference.rotation_set import build_rotation_set
+from . import parallel
 from .io import InputError, ParticleSet
 from .optim import OPTIMIZERS, make_optimizer, tune_learning_rate, with_projection
+
+TUNE_SAFETY = 0.5  # the tuned rate is halved: later, at higher band limits, the objective is rougher
 
 __all__ = ["Settings", "Reconstruction", "reconstruct", "Dataset", "load_dataset"]
 
@@ -152,7 +155,7 @@ def centre_density(volume: torch.Tensor) -> torch.Tensor:
     total = float(w.sum())
     if total <= 0:
         return volume
-    c = torch.arange(n, dtype=volume.dtype) - n // 2
+    c = torch.arange(n, dtype=volume.dtype, device=volume.device) - n // 2
     com = [float((w.sum(dim=tuple(j for j in range(3) if j != axis)) * c).sum()) / total for axis in range(3)]
     shift = [-int(round(x)) for x in com]
     return torch.roll(volume, shifts=shift, dims=(0, 1, 2)) if any(shift) else volume
@@ -175,6 +178,15 @@ def band_schedule(settings: Settings, box: int, pixel_size: float, n_steps: int)
     return out
 
 
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (a GPU when one is present)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device", "CUDA was asked for but no GPU is visible to PyTorch")
+    return torch.device(name)
+
+
 def build_kernel(band_limit: float, box: int, pixel_size: float, settings: Settings) -> MarginalLikelihood:
     q = choose_quadrature(band_limit, box, max_shift=settings.max_shift)
     order = lebedev_order_for_step(angular_step(band_limit))
@@ -182,7 +194,8 @@ def build_kernel(band_limit: float, box: int, pixel_size: float, settings: Setti
     rs = build_rotation_set(d, w, q.n_inplane)
     dtype = torch.float32
     return MarginalLikelihood(box, pixel_size, band_limit, rs, q.shifts, q.shift_weights, noise_std=1.0,
-                              dtype=dtype, device=settings.device, memory_budget=settings.memory_budget)
+                              dtype=dtype, device=resolve_device(settings.device),
+                              memory_budget=settings.memory_budget)
 
 
 def initial_density(box: int, dataset: Dataset, settings: Settings) -> torch.Tensor:
@@ -238,7 +251,11 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     n_steps = max(1, int(round(settings.epochs * steps_per_epoch)))
     schedule = band_schedule(settings, box, apix, n_steps)
     prior = DensityPrior(settings.lambda_plus, settings.lambda_minus)
-    mask = soft_mask(box, 0.5 * _diameter_px(particles, settings)).float() if settings.mask else None
+    device = resolve_device(settings.device)
+    mask = soft_mask(box, 0.5 * _diameter_px(particles, settings)).float().to(device) if settings.mask else None
+    if batch < parallel.world_size():
+        raise InputError(particles.source, f"a minibatch of {batch} cannot be split over "
+                                           f"{parallel.world_size()} processes")
 
     def project_constraints(v):
         if settings.positivity:
@@ -262,23 +279,25 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
 
     r_eval = schedule[-1][1]
     eval_kernel = build_kernel(r_eval, box, apix, settings)
-    test_batch = eval_kernel.prepare(dataset.images(np.sort(dataset.test)), dataset.particles.ctf[np.sort(dataset.test)])
+    test_local = parallel.shard(np.sort(dataset.test))
+    test_batch = eval_kernel.prepare(dataset.images(test_local), dataset.particles.ctf[test_local])
 
     ckpt_path = Path(checkpoint) if checkpoint else None
-    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    state = load_checkpoint(ckpt_path) if ckpt_path and parallel.is_main() else None
+    state = parallel.broadcast_object(state)
     settings_key = json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)
     if state is not None and state.get("settings") != settings_key:
         raise InputError(ckpt_path, "the checkpoint was written with other settings; remove it or use them")
 
     if state is None:
-        volume = project_constraints(initial_density(box, dataset, settings))
+        volume = project_constraints(initial_density(box, dataset, settings).to(device))
         lr = settings.learning_rate
         if lr is None:
             lr = _tune(settings, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints, n_train)
         step, grads, log, snapshots, opt_state = 0, 0, [], {}, None
         kernel_seconds = 0.0
     else:
-        volume, lr = state["volume"], state["learning_rate"]
+        volume, lr = state["volume"].to(device), state["learning_rate"]
         step, grads, log = state["step"], state["gradients"], state["log"]
         snapshots, opt_state, kernel_seconds = state["snapshots"], state["optimizer_state"], state["kernel_seconds"]
 
@@ -294,20 +313,18 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     def band_at(s):
         return [r for first, r in schedule if first <= s][-1]
 
-    def evaluate():
-        return eval_kernel  # noqa
-
     while step < n_steps:
         r = band_at(step)
         kern = kernel_for(r)
         objective = Objective(kern, prior, n_train)
         idx = batch_indices(step)
-        mb = kern.prepare(dataset.images(idx), dataset.particles.ctf[idx])
+        local = parallel.shard(idx)
+        mb = kern.prepare(dataset.images(local), dataset.particles.ctf[local])
         t0 = time.time()
-        out = objective(volume, mb)
+        out = objective(volume, mb, total=len(idx))
 
-        def grad_fn(p, _objective=objective, _mb=mb):
-            o = _objective(p, _mb)
+        def grad_fn(p, _objective=objective, _mb=mb, _n=len(idx)):
+            o = _objective(p, _mb, total=_n)
             return o.value, o.gradient
 
         volume, opt_state, n_extra = opt.update(out.gradient, opt_state, volume, value=out.value, grad_fn=grad_fn)
@@ -322,21 +339,24 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         row = {"step": step, "gradients": grads, "epoch": step / steps_per_epoch, "band_limit": r,
                "value": out.value, "seconds": time.time() - t_start}
         if step % eval_every == 0 or step == n_steps:
-            row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch)
+            row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch,
+                                                                               total=len(dataset.test))
         log.append(row)
         if progress is not None:
             progress(step, n_steps, row)
         done = step == n_steps or (stop_after is not None and step >= stop_after)
-        if ckpt_path and (done or time.time() - last_save > settings.checkpoint_every):
+        due = parallel.broadcast_object(time.time() - last_save > settings.checkpoint_every)
+        if ckpt_path and parallel.is_main() and (done or due):
             save_checkpoint(ckpt_path, {"settings": settings_key, "volume": volume, "learning_rate": lr,
                                         "step": step, "gradients": grads, "log": log, "snapshots": snapshots,
                                         "optimizer_state": opt_state, "kernel_seconds": kernel_seconds})
+        if ckpt_path and (done or due):
             last_save = time.time()
         if stop_after is not None and step >= stop_after and step < n_steps:
             break
-    snapshots_np = {k: v.numpy() for k, v in snapshots.items()}
-    snapshots_np["final"] = volume.numpy()
-    return Reconstruction(volume.numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
+    snapshots_np = {k: v.cpu().numpy() for k, v in snapshots.items()}
+    snapshots_np["final"] = volume.cpu().numpy()
+    return Reconstruction(volume.cpu().numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
                           dataset.noise_std, time.time() - t_start, kernel_seconds,
                           kernel_for(band_at(max(step - 1, 0))).chunk)
 
@@ -353,11 +373,12 @@ def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
             idx = np.sort(rng.choice(subset, size=min(batch_size, len(subset)), replace=False))
             key = tuple(idx)
             if key not in cache:
-                cache[key] = kern.prepare(dataset.images(idx), dataset.particles.ctf[idx])
+                local = parallel.shard(idx)
+                cache[key] = kern.prepare(dataset.images(local), dataset.particles.ctf[local])
             mb = cache[key]
 
-            def grad_fn(p, _mb=mb):
-                o = objective(p, _mb)
+            def grad_fn(p, _mb=mb, _n=len(idx)):
+                o = objective(p, _mb, total=_n)
                 return o.value, o.gradient
 
             yield grad_fn
@@ -371,8 +392,17 @@ def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
     if settings.optimizer in ("olbfgs", "hf"):
         scale = 1.0
     candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
-    return float(tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates,
-                                    n_steps=settings.tune_steps, seed=settings.seed, projection=projection))
+    # score each candidate by the held-out NLL (at the tuning band limit), not by training minibatches:
+    # a short run on training batches rewards rates at the edge of stability
+    test = parallel.shard(np.sort(dataset.test))
+    held = kern.prepare(dataset.images(test), dataset.particles.ctf[test])
+
+    def heldout(p):
+        return objective.test_nll(p, held, total=len(dataset.test))
+
+    best = tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates, heldout=heldout,
+                              n_steps=settings.tune_steps, seed=settings.seed, projection=projection)
+    return float(best) * TUNE_SAFETY
 
 
 def assign_poses(particles: ParticleSet, volume: np.ndarray, rec: Reconstruction, *, batch: int = 100,
@@ -383,14 +413,18 @@ def assign_poses(particles: ParticleSet, volume: np.ndarray, rec: Reconstruction
     posterior probability of that pose ``(n,)``.
     """
     kern = build_kernel(rec.band_limit, particles.box, particles.pixel_size, rec.settings)
-    vol = torch.as_tensor(volume, dtype=torch.float32)
+    vol = torch.as_tensor(volume, dtype=torch.float32, device=kern.device)
     n = len(particles)
     rots, shifts, probs = np.empty((n, 3, 3)), np.empty((n, 2)), np.empty(n)
-    for start in range(0, n, batch):
-        idx = np.arange(start, min(n, start + batch))
+    mine = parallel.shard(np.arange(n))
+    for start in range(0, len(mine), batch):
+        idx = mine[start:start + batch]
         mb = kern.prepare(particles.read_images(idx) / rec.noise_std, particles.ctf[idx])
         res = kern(vol, mb, gradient=False)
         rots[idx], shifts[idx], probs[idx] = res.best_rotation, res.best_shift, res.best_probability
         if progress is not None:
-            progress(len(idx))
+            progress(len(idx) * parallel.world_size())
+    for r, part in enumerate(parallel.gather_objects((rots[mine], shifts[mine], probs[mine]))):
+        theirs = np.arange(n)[r::parallel.world_size()]
+        rots[theirs], shifts[theirs], probs[theirs] = part
     return rots, shifts, probs

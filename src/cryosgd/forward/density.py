@@ -61,7 +61,10 @@ def resample_map(volume: np.ndarray, voxel_size: float | None, box: int, pixel_s
         voxel_size = pixel_size
     zoom = voxel_size / pixel_size
     if abs(zoom - 1) > 1e-6:
-        vol = ndimage.zoom(vol, zoom, order=3, mode="constant", grid_mode=True)
+        if zoom < 1:  # anti-alias before shrinking
+            vol = ndimage.gaussian_filter(vol, 0.5 / zoom, mode="constant")
+        # linear: a spline would ring (negative density) at the edges of a thresholded map
+        vol = ndimage.zoom(vol, zoom, order=1, mode="grid-constant", grid_mode=True)
     out = np.zeros((box,) * 3)
     src, dst = [], []
     for n in vol.shape:

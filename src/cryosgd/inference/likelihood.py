@@ -135,6 +135,8 @@ class MarginalLikelihood:
             self.slice_op = _csr32(op.to_sparse_csr()).to(self.device)
             self.slice_op_t = _csr32(op.t().coalesce().to_sparse_csr()).to(self.device)
         n_rows_per_image = 8 * len(self.shifts)
+        if self.device.type == "cuda":  # the score matrix may use half of the free device memory
+            memory_budget = min(memory_budget, torch.cuda.mem_get_info(self.device)[0] // 2)
         self.chunk = max(1, min(len(rotations.base), int(memory_budget // (4 * 100 * n_rows_per_image))))
 
     # ------------------------------------------------------------------ data
@@ -198,6 +200,22 @@ class MarginalLikelihood:
         return sc.view(b, 8, s, stop - start)
 
     def __call__(self, volume: torch.Tensor, batch: LikelihoodBatch, *, gradient: bool = True) -> LikelihoodResult:
+        """Log-likelihoods, the gradient of their negative sum, and the best poses.
+
+        A GPU that runs out of memory gets a smaller rotation chunk and a retry, not a crash.
+        """
+        while True:
+            try:
+                return self._evaluate(volume, batch, gradient)
+            except torch.OutOfMemoryError:
+                if self.chunk == 1:
+                    raise
+                self.chunk = max(1, self.chunk // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                warnings.warn(f"out of device memory: rotation chunk reduced to {self.chunk}", stacklevel=2)
+
+    def _evaluate(self, volume: torch.Tensor, batch: LikelihoodBatch, gradient: bool) -> LikelihoodResult:
         y = self.slices(volume)                                                            # (Mb, P)
         b, mb = len(batch), y.shape[0]
         ycols = torch.cat([y.real.T, y.imag.T, torch.ones((1, mb), dtype=self.dtype, device=self.device)])

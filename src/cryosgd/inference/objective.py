@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..parallel import sum_across
 from .likelihood import LikelihoodBatch, LikelihoodResult, MarginalLikelihood
 from .prior import DensityPrior
 
@@ -33,14 +34,20 @@ class Objective:
     prior: DensityPrior
     n_images: int                # K, the training set size
 
-    def __call__(self, volume: torch.Tensor, batch: LikelihoodBatch) -> ObjectiveValue:
+    def __call__(self, volume: torch.Tensor, batch: LikelihoodBatch, total: int | None = None) -> ObjectiveValue:
+        """The minibatch objective; ``batch`` may be this process's share of ``total`` images."""
         res = self.likelihood(volume, batch, gradient=True)
-        b = len(batch)
-        value = -float(res.log_likelihood.sum()) / b + float(self.prior.negative_log(volume)) / self.n_images
-        grad = res.gradient / b + self.prior.gradient(volume) / self.n_images
+        nll = -res.log_likelihood.sum().to(torch.float64).reshape(1)
+        grad = res.gradient.clone()
+        sum_across(nll, grad)
+        b = total or len(batch)
+        value = float(nll) / b + float(self.prior.negative_log(volume)) / self.n_images
+        grad = grad / b + self.prior.gradient(volume) / self.n_images
         return ObjectiveValue(value, grad, res)
 
-    def test_nll(self, volume: torch.Tensor, batch: LikelihoodBatch) -> float:
-        """Mean negative log-likelihood (nats per image) of held-out images."""
+    def test_nll(self, volume: torch.Tensor, batch: LikelihoodBatch, total: int | None = None) -> float:
+        """Mean negative log-likelihood (nats per image) of held-out images (summed across processes)."""
         res = self.likelihood(volume, batch, gradient=False)
-        return -float(res.log_likelihood.mean())
+        nll = -res.log_likelihood.sum().to(torch.float64).reshape(1)
+        sum_across(nll)
+        return float(nll) / (total or len(batch))

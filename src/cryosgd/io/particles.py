@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from .mrc import ImageStack
 __all__ = ["ParticleSet", "load_particles", "single_pixel_size", "single_box", "PIXEL_SIZE_TOLERANCE"]
 
 PIXEL_SIZE_TOLERANCE = 0.01  # relative; larger disagreements are reported
-_OPEN_STACKS = 16  # stacks kept open by read_images
+_OPEN_STACKS = 128  # stacks kept open by read_images; an open stack holds one file descriptor
 
 
 @dataclass(eq=False)
@@ -59,6 +60,7 @@ class ParticleSet:
     rotations: np.ndarray | None = None
     shifts: np.ndarray | None = None
     _stacks: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
+    _stacks_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self):
         n = len(self.ctf)
@@ -118,11 +120,20 @@ class ParticleSet:
             raise InputError(self.source, "lists no particle images (rlnImageName or blob/path)")
 
     def read_images(self, indices) -> np.ndarray:
-        """Read particle images: ``(k,)`` particle indices -> float32 ``(k, box, box)``."""
+        """Read particle images: ``(k,)`` particle indices -> float32 ``(k, box, box)``.
+
+        Only these images are read (see :class:`~cryosgd.io.mrc.ImageStack`), so
+        memory grows with ``k``, not with the set.  Safe to call from several
+        threads (e.g. a :class:`~cryosgd.io.prefetch.Prefetcher`); calls take turns.
+        """
         self._require_images()
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
         if index.size and (index.min() < 0 or index.max() >= len(self)):
             raise IndexError(f"particle indices must lie in [0, {len(self)})")
+        with self._stacks_lock:  # one reader at a time: the cache may close a stack another would read
+            return self._read_images(index)
+
+    def _read_images(self, index: np.ndarray) -> np.ndarray:
         files = self._file_of[index]
         box, out = self.box, None
         for file_id in np.unique(files):
@@ -176,8 +187,20 @@ class ParticleSet:
 
     def close(self) -> None:
         """Close the stacks kept open by :meth:`read_images`."""
-        while self._stacks:
-            self._stacks.popitem()[1].close()
+        with self._stacks_lock:
+            while self._stacks:
+                self._stacks.popitem()[1].close()
+
+    def __getstate__(self) -> dict:
+        # open stacks and the lock belong to this process; a copy opens its own
+        state = self.__dict__.copy()
+        state["_stacks"] = OrderedDict()
+        del state["_stacks_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._stacks_lock = threading.Lock()
 
 
 def single_pixel_size(source, pixel_sizes, groups: str = "optics groups") -> float:
