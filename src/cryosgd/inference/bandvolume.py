@@ -47,28 +47,38 @@ class BandTransform:
         self.matrix = mat.to(device=device, dtype=cdtype)  # (K, N) complex
         self.real = mat.real.to(device=device, dtype=dtype).contiguous()
         self.imag = mat.imag.to(device=device, dtype=dtype).contiguous()
+        self.stacked = torch.cat([self.real, self.imag], dim=0).contiguous()        # (2K, N)
+        self.stacked_t = self.stacked.T.contiguous()                               # (N, 2K)
         self.dtype, self.cdtype = dtype, cdtype
 
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        """``(N, N, N)`` real [z, y, x] -> ``(K, K, K)`` complex [kz, ky, kx]."""
+    def forward_pairs(self, volume: torch.Tensor) -> torch.Tensor:
+        """``(N, N, N)`` real [z, y, x] -> ``(K, K, K, 2)`` real (re, im) [kz, ky, kx]."""
         n, k = self.box, self.size
         fr, fi = self.real, self.imag
-        v = volume.to(self.dtype).reshape(n * n, n)
-        # x axis: real input, so two real products; then y and z as complex products in real form
-        ar, ai = (v @ fr.T).reshape(n, n, k), (v @ fi.T).reshape(n, n, k)          # (z, y, kx)
+        # x axis: real input, one product with [fr; fi]
+        a = volume.to(self.dtype).reshape(n * n, n) @ self.stacked_t                  # (z*y, 2k)
+        ar, ai = a[:, :k].reshape(n, n, k), a[:, k:].reshape(n, n, k)                # (z, y, kx)
+        # y axis (complex, in real arithmetic), then z
         br, bi = fr @ ar - fi @ ai, fr @ ai + fi @ ar                               # (z, ky, kx)
         br, bi = br.reshape(n, k * k), bi.reshape(n, k * k)
-        cr, ci = fr @ br - fi @ bi, fr @ bi + fi @ br                               # (kz, ky*kx)
-        return torch.complex(cr, ci).reshape(k, k, k)
+        return torch.stack([fr @ br - fi @ bi, fr @ bi + fi @ br], dim=-1).reshape(k, k, k, 2)
 
-    def adjoint(self, cube: torch.Tensor) -> torch.Tensor:
-        """Adjoint of :meth:`forward` for the real inner product ``Re <F v, u>``: returns a real volume."""
+    def adjoint_pairs(self, pairs: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`forward_pairs` (real inner product): ``(K, K, K, 2)`` -> ``(N, N, N)``."""
         n, k = self.box, self.size
-        fr, fi = self.real, self.imag  # conjugate transpose: (fr - i fi)^T
-        ur, ui = cube.real.reshape(k, k * k), cube.imag.reshape(k, k * k)
+        fr, fi = self.real, self.imag  # the conjugate transpose is (fr - i fi)^T
+        ur, ui = pairs[..., 0].reshape(k, k * k), pairs[..., 1].reshape(k, k * k)
         cr, ci = fr.T @ ur + fi.T @ ui, fr.T @ ui - fi.T @ ur                       # (z, ky*kx)
         cr, ci = cr.reshape(n, k, k), ci.reshape(n, k, k)
         br, bi = fr.T @ cr + fi.T @ ci, fr.T @ ci - fi.T @ cr                       # (z, y, kx)
-        # last axis: only the real part of the result is needed
-        out = br.reshape(n * n, k) @ fr + bi.reshape(n * n, k) @ fi                  # (z*y, x)
-        return out.reshape(n, n, n)
+        # last axis: only the real part is needed, one product with [fr; fi]
+        b = torch.cat([br.reshape(n * n, k), bi.reshape(n * n, k)], dim=1)          # (z*y, 2k)
+        return (b @ self.stacked).reshape(n, n, n)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """``(N, N, N)`` real [z, y, x] -> ``(K, K, K)`` complex [kz, ky, kx]."""
+        return torch.view_as_complex(self.forward_pairs(volume).contiguous())
+
+    def adjoint(self, cube: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`forward` for the real inner product ``Re <F v, u>``: returns a real volume."""
+        return self.adjoint_pairs(torch.view_as_real(cube))

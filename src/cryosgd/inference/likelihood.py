@@ -160,15 +160,14 @@ class MarginalLikelihood:
     # ---------------------------------------------------------------- slices
     def slices(self, volume: torch.Tensor) -> torch.Tensor:
         """``(Mb, P)`` complex slices of the base rotations."""
-        cube = self.band.forward(volume.to(self.device, self.dtype))
-        y = self.slice_op @ torch.view_as_real(cube.reshape(-1)).contiguous()
+        cube = self.band.forward_pairs(volume.to(self.device, self.dtype))
+        y = self.slice_op @ cube.reshape(-1, 2)
         return torch.view_as_complex(y.reshape(len(self.rotations.base), self.n_points, 2).contiguous())
 
     def slices_adjoint(self, grad_slices: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`slices`: ``(Mb, P)`` complex -> ``(N, N, N)`` real."""
         g = self.slice_op_t @ torch.view_as_real(grad_slices.reshape(-1)).contiguous()
-        cube = torch.view_as_complex(g.contiguous()).reshape((self.band.size,) * 3)
-        return self.band.adjoint(cube)
+        return self.band.adjoint_pairs(g.reshape((self.band.size,) * 3 + (2,)))
 
     # ---------------------------------------------------------------- kernel
     def _rows(self, batch: LikelihoodBatch):

@@ -1,0 +1,113 @@
+"""The command line as a user meets it: bad input ends with one line, exit 2, no traceback, no output."""
+import os
+import subprocess
+import sys
+import warnings
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from cryosgd.io import read_map
+
+ENV = {**os.environ, "CRYOSGD_QUIET": "1"}
+
+
+def cryosgd(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cryosgd", *map(str, args)], env=ENV, capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def assert_user_error(proc, *names):
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cryosgd: error: ")
+    assert "Traceback" not in proc.stderr
+    for name in names:
+        assert name in lines[0]
+
+
+def write_star(path, stack, n, *, ctf=True, pixel_size=2.0, box=32):
+    rows = {"rlnImageName": [f"{i + 1}@{stack}" for i in range(n)], "rlnOpticsGroup": [1] * n}
+    if ctf:
+        rows.update(rlnDefocusU=[15000.0] * n, rlnDefocusV=[15000.0] * n, rlnDefocusAngle=[0.0] * n)
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["g1"], "rlnOpticsGroup": [1], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1],
+                           "rlnImagePixelSize": [pixel_size], "rlnImageSize": [box], "rlnImageDimensionality": [2]})
+    starfile.write({"optics": optics, "particles": pd.DataFrame(rows)}, path, overwrite=True)
+
+
+def write_stack(path, images):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # header statistics of a stack holding NaN
+        with mrcfile.new(path, overwrite=True) as m:
+            m.set_data(images.astype(np.float32))
+            m.set_image_stack()
+
+
+def test_missing_file(tmp_path):
+    proc = cryosgd("backproject", tmp_path / "nope.star", "-o", tmp_path / "out.mrc")
+    assert_user_error(proc, "nope.star", "no such file")
+    assert not (tmp_path / "out.mrc").exists()
+
+
+def test_star_without_ctf(tmp_path):
+    write_stack(tmp_path / "s.mrcs", np.random.default_rng(0).standard_normal((200, 32, 32)))
+    write_star(tmp_path / "p.star", "s.mrcs", 200, ctf=False)
+    proc = cryosgd("reconstruct", tmp_path / "p.star", "-o", tmp_path / "run")
+    assert_user_error(proc, "p.star", "CTF")
+    assert not (tmp_path / "run" / "map.mrc").exists()
+
+
+def test_index_beyond_stack_and_nan_pixels(tmp_path):
+    imgs = np.random.default_rng(0).standard_normal((150, 32, 32))
+    write_stack(tmp_path / "s.mrcs", imgs)
+    write_star(tmp_path / "p.star", "s.mrcs", 160)
+    assert_user_error(cryosgd("reconstruct", tmp_path / "p.star", "-o", tmp_path / "run"), "s.mrcs")
+    imgs[17, 3, 3] = np.nan
+    write_stack(tmp_path / "s.mrcs", imgs)
+    write_star(tmp_path / "p.star", "s.mrcs", 150)
+    proc = cryosgd("reconstruct", tmp_path / "p.star", "-o", tmp_path / "run")
+    assert_user_error(proc, "NaN")
+    assert not (tmp_path / "run" / "map.mrc").exists()
+
+
+def test_not_a_map_and_mismatched_maps(tmp_path):
+    (tmp_path / "bad.mrc").write_text("not a map")
+    assert_user_error(cryosgd("simulate", tmp_path / "bad.mrc", "-o", tmp_path / "sim"), "bad.mrc")
+    assert not (tmp_path / "sim" / "particles.mrcs").exists()
+    for name, n in (("a.mrc", 16), ("b.mrc", 18)):
+        with mrcfile.new(tmp_path / name) as m:
+            m.set_data(np.zeros((n, n, n), np.float32))
+    assert_user_error(cryosgd("fsc", tmp_path / "a.mrc", tmp_path / "b.mrc"), "a.mrc")
+
+
+def test_unknown_optimiser_is_refused_by_the_parser(tmp_path):
+    proc = cryosgd("reconstruct", "x.star", "-o", tmp_path, "--optimizer", "adam")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_simulate_from_model_with_cryosparc_ctfs_then_backproject(tmp_path, shared_data):
+    """simulate -> backproject (with the true poses) recovers the truth: FSC > 0.9 to half Nyquist."""
+    out = tmp_path / "sim"
+    proc = cryosgd("simulate", shared_data / "model_apoferritin" / "4v1w.cif", "-o", out, "-n", "600", "--box", "48",
+                   "--apix", "4", "--snr", "5", "--shift-sigma", "1.5",
+                   "--ctf-from", shared_data / "ctf_metadata_real" / "cryosparc_P12_J24_001_particles.cs")
+    assert proc.returncode == 0, proc.stderr
+    truth, apix = read_map(out / "truth.mrc")
+    assert apix == pytest.approx(4.0)
+    assert cryosgd("backproject", out / "truth.star", "-o", tmp_path / "bp.mrc").returncode == 0
+    rec, apix2 = read_map(tmp_path / "bp.mrc")
+    assert apix2 == pytest.approx(4.0)
+    from cryosgd.evaluate import fsc
+
+    curve = fsc(rec, truth)
+    assert curve[1:13].min() > 0.9, np.round(curve, 3)
+    proc = cryosgd("fsc", tmp_path / "bp.mrc", out / "truth.mrc", "--json")
+    import json
+
+    report = json.loads(proc.stdout)
+    assert report["resolution_0.143"] < 12.0
