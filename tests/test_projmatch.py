@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import shutil
 import subprocess
-import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,18 +27,14 @@ HALF_NYQUIST = BOX // 4           # shell 10
 
 @pytest.fixture(scope="module")
 def ribosome(tmp_path_factory):
-    """600 high-SNR particles of the 70S ribosome map (5 Å voxels) at 40 px, 8 Å/px, real-looking CTFs."""
-    from pathlib import Path
-
+    """600 high-SNR particles (SNR 1) of the 70S ribosome map at 40 px, 8 Å/px, defocus 1-3 µm."""
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     source = shared / "map_70S_ribosome_aspire" / "clean70SRibosome_vol_65p.mrc"
     if not source.is_file():
         pytest.skip(f"{source} not available")
     folder = tmp_path_factory.mktemp("ribosome")
     volume, _ = read_map(source)
-    with warnings.catch_warnings():  # scipy's advice on the zoom boundary mode; irrelevant here
-        warnings.simplefilter("ignore", UserWarning)
-        volume = resample_map(volume, 5.0, BOX, APIX)
+    volume = resample_map(volume, 5.0, BOX, APIX)  # the map's header has no voxel size: 5 Å
     write_map(folder / "source.mrc", volume, APIX)
     paths, sim = simulate_dataset(folder / "source.mrc", folder / "data", n=600, box=BOX, pixel_size=APIX,
                                   snr=1.0, seed=1)

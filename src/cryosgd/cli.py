@@ -160,7 +160,9 @@ def _cmd_reconstruct(args) -> None:
            f"{summary['wall_seconds']:.0f} s)")
     if "fsc_0.5_A" in summary:
         msg += f"; FSC vs reference: {summary['fsc_0.5_A']:.1f} Å at 0.5, {summary['fsc_0.143_A']:.1f} Å at 0.143"
-    print(msg + f"; report: {out / 'report.md'}")
+    from .memory import format_bytes
+
+    print(msg + f"; peak memory {format_bytes(summary['peak_memory_bytes'])}; report: {out / 'report.md'}")
 
 
 def _cmd_compare(args) -> None:

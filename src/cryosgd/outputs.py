@@ -39,6 +39,7 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
         "band_limit_px": rec.band_limit, "band_limit_resolution_A": resolution, "noise_std": rec.noise_std,
         "wall_seconds": rec.wall_time, "final_test_nll": last[-1]["test_nll"] if last else None,
         "pixel_size": apix, "box": particles.box, "particles": len(particles),
+        "peak_memory_bytes": rec.peak_memory, "rotation_chunk": rec.chunk,
     }
     sections = [("Run", "\n".join(f"- {k}: {v}" for k, v in summary.items())),
                 ("Held-out negative log-likelihood", "![test NLL](nll.png)"),

@@ -41,6 +41,8 @@ from .inference.quadrature import angular_step, choose_quadrature, lebedev_direc
 from .inference.rotation_set import build_rotation_set
 from . import parallel
 from .io import InputError, ParticleSet
+from .io.prefetch import Prefetcher
+from .memory import peak_rss_bytes
 from .optim import OPTIMIZERS, make_optimizer, tune_learning_rate, with_projection
 
 TUNE_SAFETY = 0.5  # the tuned rate is halved: later, at higher band limits, the objective is rougher
@@ -134,6 +136,7 @@ class Reconstruction:
     wall_time: float
     kernel_seconds: float = 0.0
     chunk: int = 0
+    peak_memory: int = 0                    # bytes: the process's peak resident memory
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -269,16 +272,16 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         order = np.random.default_rng([settings.seed, 7, epoch]).permutation(dataset.train)
         return np.sort(order[within * batch:(within + 1) * batch])
 
-    kernels: dict[float, MarginalLikelihood] = {}
-
-    def kernel_for(r):
-        if r not in kernels:
-            kernels.clear()
-            kernels[r] = build_kernel(r, box, apix, settings)
-        return kernels[r]
-
     r_eval = schedule[-1][1]
     eval_kernel = build_kernel(r_eval, box, apix, settings)
+    kernels: dict[float, MarginalLikelihood] = {r_eval: eval_kernel}
+
+    def kernel_for(r):
+        if r not in kernels:  # keep only the evaluation kernel and the current stage's
+            for key in [k for k in kernels if k != r_eval]:
+                del kernels[key]
+            kernels[r] = build_kernel(r, box, apix, settings)
+        return kernels[r]
     test_local = parallel.shard(np.sort(dataset.test))
     test_batch = eval_kernel.prepare(dataset.images(test_local), dataset.particles.ctf[test_local])
 
@@ -313,13 +316,20 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     def band_at(s):
         return [r for first, r in schedule if first <= s][-1]
 
+    def load(s):
+        local = parallel.shard(batch_indices(s))
+        return dataset.images(local)
+
+    prefetch = Prefetcher(load, range(step, n_steps))
+    batches = iter(prefetch)
     while step < n_steps:
         r = band_at(step)
         kern = kernel_for(r)
         objective = Objective(kern, prior, n_train)
         idx = batch_indices(step)
         local = parallel.shard(idx)
-        mb = kern.prepare(dataset.images(local), dataset.particles.ctf[local])
+        _, images = next(batches)
+        mb = kern.prepare(images, dataset.particles.ctf[local])
         t0 = time.time()
         out = objective(volume, mb, total=len(idx))
 
@@ -354,11 +364,12 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
             last_save = time.time()
         if stop_after is not None and step >= stop_after and step < n_steps:
             break
+    prefetch.close()
     snapshots_np = {k: v.cpu().numpy() for k, v in snapshots.items()}
     snapshots_np["final"] = volume.cpu().numpy()
     return Reconstruction(volume.cpu().numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
                           dataset.noise_std, time.time() - t_start, kernel_seconds,
-                          kernel_for(band_at(max(step - 1, 0))).chunk)
+                          kernel_for(band_at(max(step - 1, 0))).chunk, peak_rss_bytes())
 
 
 def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:

@@ -56,10 +56,24 @@ def half_plane_frequencies(band_limit: float) -> tuple[np.ndarray, np.ndarray]:
     return k, w
 
 
-def _csr32(m: torch.Tensor) -> torch.Tensor:
-    """The same CSR matrix with 32-bit indices (its products run about 10x faster on CPU)."""
-    return torch.sparse_csr_tensor(m.crow_indices().int(), m.col_indices().int(), m.values(), m.shape,
-                                   check_invariants=False)
+def _slicing_matrices(index: torch.Tensor, weight: torch.Tensor, n_cols: int, device):
+    """The slicing operator as a CSR matrix (rows: base rotation x point) and its transpose.
+
+    Every row has exactly ``T`` taps, so the row pointers are ``0, T, 2T, ...`` and the matrix
+    is built without sorting; 32-bit indices make the products about 10x faster on CPU.
+    Taps outside the grid carry weight 0 (repeated columns in a row simply add up).
+    """
+    n_rows, taps = index.shape[0] * index.shape[1], index.shape[-1]
+    crow = torch.arange(0, n_rows * taps + 1, taps, dtype=torch.int32)
+    col = index.reshape(-1).to(torch.int32)
+    val = weight.reshape(-1).contiguous()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        op = torch.sparse_csr_tensor(crow, col, val, (n_rows, n_cols), check_invariants=False)
+        csc = op.to_sparse_csc()  # the CSC of S is the CSR of S^T
+        op_t = torch.sparse_csr_tensor(csc.ccol_indices().to(torch.int32), csc.row_indices().to(torch.int32),
+                                       csc.values(), (n_cols, n_rows), check_invariants=False)
+    return op.to(device), op_t.to(device)
 
 
 @dataclass
@@ -126,14 +140,7 @@ class MarginalLikelihood:
                                   device=self.device)
         coords = slice_coordinates(torch.as_tensor(rotations.base), freqs_t) * oversampling
         idx, w = interpolation_taps(coords, self.band.size, kernel)
-        rows = torch.arange(idx.shape[0] * idx.shape[1]).repeat_interleave(idx.shape[-1])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            op = torch.sparse_coo_tensor(torch.stack([rows, idx.reshape(-1)]), w.reshape(-1).to(dtype),
-                                         (idx.shape[0] * idx.shape[1], self.band.size**3),
-                                         check_invariants=False).coalesce()
-            self.slice_op = _csr32(op.to_sparse_csr()).to(self.device)
-            self.slice_op_t = _csr32(op.t().coalesce().to_sparse_csr()).to(self.device)
+        self.slice_op, self.slice_op_t = _slicing_matrices(idx, w.to(dtype), self.band.size**3, self.device)
         n_rows_per_image = 8 * len(self.shifts)
         if self.device.type == "cuda":  # the score matrix may use half of the free device memory
             memory_budget = min(memory_budget, torch.cuda.mem_get_info(self.device)[0] // 2)
