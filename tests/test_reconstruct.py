@@ -78,11 +78,12 @@ def test_sgd_recovers_relion_projected_particles(tmp_path_factory, shared_data_m
 
 
 def test_all_seven_optimisers_reach_similar_test_nll(own_simulation):
+    """As in the paper (10 epochs each there), every method runs several epochs on the same data."""
     particles, truth = own_simulation
     sub = particles.subset(np.arange(2500))
     finals = {}
     for name in ["sgd", "cm", "nag", "adagrad", "tonga", "olbfgs", "hf"]:
-        s = Settings(optimizer=name, epochs=1.0, resolution=3.0 * 64 / 6.4, evaluations=4, seed=0)
+        s = Settings(optimizer=name, epochs=5.0, resolution=3.0 * 64 / 6.4, evaluations=4, seed=0)
         rec = reconstruct(sub, s)
         nll = [r["test_nll"] for r in rec.log if "test_nll" in r]
         assert all(np.isfinite(nll))

@@ -394,14 +394,20 @@ def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
 
             yield grad_fn
 
-    # candidates around the rate whose first plain-gradient step moves the density by 10% of its norm
-    # (the objective is not convex at a random start, so a Newton-step reference does not exist)
-    value, grad = next(iter(factory(100, settings.seed)))(volume)
-    scale = 0.1 * float(volume.norm()) / max(float(grad.norm()), 1e-30)
-    if settings.optimizer in ("adagrad",):
+    # candidates around the rate whose first step moves the density by 10% of its norm, measured by
+    # probing this optimiser's own first step at rate 1 (plain gradient, AdaGrad's scaled step, TONGA's
+    # natural gradient, L-BFGS's and HF's curvature steps all differ in length); the objective is not
+    # convex at a random start, so a Newton-step reference does not exist
+    grad_fn = next(iter(factory(100, settings.seed)))
+    value, grad = grad_fn(volume)
+    probe = make_optimizer(settings.optimizer, 1.0)
+    moved, _, _ = probe.update(grad, probe.init(volume), volume, value=value, grad_fn=grad_fn)
+    step = float((moved - volume).norm())
+    scale = 0.1 * float(volume.norm()) / step if step > 0 and math.isfinite(step) else 1.0
+    if settings.optimizer == "adagrad":
+        # AdaGrad's first step is about sign(g) on every voxel, far longer than its later steps:
+        # its rate is a per-voxel step, so scale it by the density's voxel values instead
         scale = 0.1 * float(volume.abs().max())
-    if settings.optimizer in ("olbfgs", "hf"):
-        scale = 1.0
     candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
     # score each candidate by the held-out NLL (at the tuning band limit), not by training minibatches:
     # a short run on training batches rewards rates at the edge of stability
