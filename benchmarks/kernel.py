@@ -62,14 +62,15 @@ def kernel_flops(kern: MarginalLikelihood, batch: int) -> float:
     return float(forward + backward)
 
 
-def measure(name: str, device, repeats: int) -> dict:
+def measure(name: str, device, repeats: int, memory_budget: int) -> dict:
     fraction, max_shift = SETTINGS[name]
     r = band_limit_pixels(BOX, fraction)
     q = choose_quadrature(r, BOX, max_shift=max_shift)
     d, w = lebedev_directions(lebedev_order_for_step(angular_step(r)))
     rs = build_rotation_set(d, w, q.n_inplane)
     t0 = time.perf_counter()
-    kern = MarginalLikelihood(BOX, 2.0, r, rs, q.shifts, q.shift_weights, device=device)
+    kern = MarginalLikelihood(BOX, 2.0, r, rs, q.shifts, q.shift_weights, device=device,
+                              memory_budget=memory_budget)
     build = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     vol = torch.randn(BOX, BOX, BOX) * 0.01
@@ -91,7 +92,7 @@ def measure(name: str, device, repeats: int) -> dict:
             "matmul_gflops": round(peak, 1), "ratio": round(flops / dt / 1e9 / peak, 3),
             "kernel_gflops": round(flops / dt / 1e9, 1), "seconds_per_batch": round(dt, 4),
             "rotations": 8 * len(rs.base), "shifts": len(q.shifts), "points": kern.n_points,
-            "band_limit_px": r, "chunk": kern.chunk, "build_s": round(build, 2), "device": str(device),
+            "band_limit_px": r, "chunk": kern.chunk, "build_s": round(build, 2), "device": str(device), "memory_budget_gib": round(memory_budget / 2**30, 2),
             "threads": torch.get_num_threads()}
 
 
@@ -101,10 +102,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--settings", default="synthetic,real")
+    ap.add_argument("--memory-budget-gib", type=float, default=1.0,
+                    help="score-matrix budget (the library's default is 1 GiB; more means fewer chunks)")
     args = ap.parse_args()
     device = torch.device(args.device)
     for name in args.settings.split(","):
-        row = measure(name, device, args.repeats)
+        row = measure(name, device, args.repeats, int(args.memory_budget_gib * 2**30))
         if args.json:
             print(json.dumps(row), flush=True)
         else:

@@ -263,15 +263,21 @@ class MarginalLikelihood:
             gcols = torch.empty((2 * self.n_points, mb), dtype=self.dtype, device=self.device)
             gnorm = torch.empty((self.n_points, mb), dtype=self.dtype, device=self.device)
             cross_t = cross[:, :-1].T.contiguous()                                         # (2P, B8S)
+            if keep:  # stored holds exp(sc - m); fold 1/z into the small row matrices, not the big one
+                inv_z = (1.0 / z).repeat_interleave(8 * s)
+                cross_t = cross_t * inv_z[None, :]
+                c2v_t = (c2v * (1.0 / z).repeat_interleave(8)[:, None]).T.contiguous()
+            else:
+                c2v_t = c2v.T.contiguous()
             for start, stop in chunks:
                 if keep:
-                    resp = stored.view(b, -1).div_(z[:, None]).view(b * 8 * s, -1)        # exp(sc - m) / z
+                    resp = stored.view(b * 8 * s, -1)
                 else:
                     sc = self._scores(cross, c2v, ycols, ynorm, start, stop, b)
                     resp = sc.view(b, -1).sub_(lse[:, None]).exp_().view(b * 8 * s, -1)
                 gcols[:, start:stop] = cross_t @ resp            # d(sum log p)/d[Re y; Im y] from the cross term
                 rb = resp.view(b * 8, s, -1).sum(1) if s > 1 else resp                     # (B8, C)
-                gnorm[:, start:stop] = c2v.T @ rb
+                gnorm[:, start:stop] = c2v_t @ rb
             # gradient of -sum log p: cross part -gcols; norm part (1/sigma^2) c^2 y
             gy = torch.complex(-gcols[:self.n_points] + inv2 * gnorm * y.real.T,
                                -gcols[self.n_points:] + inv2 * gnorm * y.imag.T).T.contiguous()
