@@ -49,6 +49,7 @@ from cryosgd.io import ImageStack, ParticleSet, load_particles, write_particles_
 from cryosgd.io.mrc import write_stack_chunks
 from cryosgd.io.prefetch import Prefetcher
 from cryosgd.memory import current_rss_bytes, format_bytes, peak_rss_bytes
+from machine import cpu_model
 
 BOX, PIXEL_SIZE = 128, 1.5          # px, Å: 64 KiB float32 images
 BASE_SNR = 1000.0                   # the simulated particles: noise 1/30 of the signal's std
@@ -150,18 +151,6 @@ def _manifest(n: int, per_stack: int, n_base: int, snr: float, seed: int) -> dic
             "box": BOX, "pixel_size": PIXEL_SIZE}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="where the particle set is built")
@@ -246,7 +235,7 @@ def main(argv=None) -> int:
         figures.update(sweep_s=round(seconds, 1), sweep_mb_per_s=round(len(particles) * image_bytes / seconds / 1e6))
     particles.close()
     figures.update(peak_rss_bytes=peak_rss_bytes(), metadata_rss_bytes=metadata_rss, resolution=args.resolution,
-                   box=BOX, reader=args.reader, cpu=_cpu_model(), cores=os.cpu_count())
+                   box=BOX, reader=args.reader, cpu=cpu_model(), cores=os.cpu_count())
     _say(f"peak RSS {format_bytes(figures['peak_rss_bytes'])} for {format_bytes(stack_bytes)} of stacks "
          f"({figures['steps']} steps{', a full sweep' if args.sweep else ''})")
     print(json.dumps(figures), flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import time
 from pathlib import Path
@@ -26,30 +25,22 @@ from cryosgd.io import load_particles, read_map
 from cryosgd.reconstruct import Settings, reconstruct
 from cryosgd.relion import relion_simulate, require_relion
 from cryosgd.simulation import load_source_volume
+from machine import cpu_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BOX, APIX = 64, 4.5
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_relion_sgd(star: Path, out: Path, iters: tuple[int, int, int], diameter: float, threads: int = 2) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ini, between, fin = iters
-    cmd = ["relion_refine", "--sgd", "--denovo_3dref", "--i", str(star), "--o", str(out / "run"), "--ctf",
+    # RELION finds the images relative to its working folder: run it in the STAR file's folder
+    cmd = ["relion_refine", "--sgd", "--denovo_3dref", "--i", star.name, "--o", str(out.resolve() / "run"), "--ctf",
            "--K", "1", "--sym", "C1", "--zero_mask", "--flatten_solvent", "--particle_diameter", f"{diameter:.0f}",
            "--healpix_order", "1", "--offset_range", "6", "--offset_step", "2", "--j", str(threads),
            "--sgd_ini_iter", str(ini), "--sgd_inbetween_iter", str(between), "--sgd_fin_iter", str(fin),
            "--sgd_write_iter", str(ini + between + fin), "--pool", "30", "--pad", "1", "--dont_combine_weights_via_disc"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=star.parent)
     if proc.returncode != 0:
         raise RuntimeError(f"relion_refine failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     maps = sorted(out.glob("run_it*_class001.mrc"))
