@@ -39,7 +39,7 @@ def downsample(volume: torch.Tensor, size: int) -> torch.Tensor:
     spec = fft3c(volume)
     lo = n // 2 - size // 2
     crop = spec[lo:lo + size, lo:lo + size, lo:lo + size]
-    return ifft3c(crop).real * (size / n) ** 0  # values kept on the same scale
+    return ifft3c(crop).real
 
 
 def rotate_volume(volume: torch.Tensor, rotations: torch.Tensor, shift=None) -> torch.Tensor:
@@ -110,7 +110,6 @@ def align_maps(volume, reference, *, search_size: int = 24, max_shift_fraction: 
     ref = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
     n = ref.shape[-1]
     size = min(search_size, n)
-    scale = n / size
     ref_s = _normalise(downsample(ref, size))
     rng = np.random.default_rng(seed)
     coarse, _ = so3_quadrature(19, 24)  # 146 directions x 24 in-plane: ~15 degree steps
@@ -136,7 +135,6 @@ def align_maps(volume, reference, *, search_size: int = 24, max_shift_fraction: 
     mov = torch.flip(vol, dims=[0]) if mirror else vol
     rotated = rotate_volume(_normalise(mov), torch.as_tensor(rot[None], dtype=torch.float32))
     _, sh = _best_translation(rotated, _normalise(ref), max_shift_fraction * n)
-    del scale
     return Alignment(rot, sh[0], mirror, score)
 
 

@@ -383,7 +383,7 @@ def _run_spawned(argv: list, nproc: int) -> int:
         port = sock.getsockname()[1]
     rest = []
     skip = False
-    for i, a in enumerate(argv):  # drop --nproc N / --nproc=N
+    for a in argv:  # drop --nproc N / --nproc=N
         if skip:
             skip = False
             continue

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -172,7 +172,7 @@ def band_schedule(settings: Settings, box: int, pixel_size: float, n_steps: int)
     target = settings.resolution or box * pixel_size / (0.25 * box / 2)
     r_final = box * pixel_size / target
     stages = max(1, settings.marching_stages)
-    if stages == 1 or settings.start_resolution is None and stages == 1:
+    if stages == 1:
         return [(0, r_final)]
     r0 = box * pixel_size / (settings.start_resolution or 2 * target)
     r0 = min(max(r0, 2.0), r_final)
