@@ -29,6 +29,10 @@ class BandTransform:
     band_limit:   r, the largest image frequency used (Fourier pixels).
     oversampling: cube spacing is ``1 / oversampling`` Fourier pixels.
     kernel:       the interpolation kernel that will read the cube (sets the margin and the correction).
+
+    The volume is real, so its transform is Hermitian: only the half ``kx >= 0``
+    (``H = h + 1`` of the ``K = 2h + 1`` planes) is computed, and the other half is
+    its conjugate mirror.  Each axis is one real matrix product.
     """
 
     def __init__(self, box: int, band_limit: float, *, oversampling: int = 2, kernel: str = "trilinear",
@@ -44,36 +48,57 @@ class BandTransform:
         phase = -2 * math.pi * k[:, None] * x[None, :] / box  # radians
         mat = torch.polar(torch.ones_like(phase), phase) / corr1d[None, :]
         mat = mat / box ** (1 / 3)  # fft3c divides by N, spread over the 3 axes
-        self.matrix = mat.to(device=device, dtype=cdtype)  # (K, N) complex
-        self.real = mat.real.to(device=device, dtype=dtype).contiguous()
-        self.imag = mat.imag.to(device=device, dtype=dtype).contiguous()
-        self.stacked = torch.cat([self.real, self.imag], dim=0).contiguous()        # (2K, N)
-        self.stacked_t = self.stacked.T.contiguous()                               # (N, 2K)
+        tt = dict(device=device, dtype=dtype)
+        self.matrix = mat.to(device=device, dtype=cdtype)                                   # (K, N) complex
+        self.stacked = torch.cat([mat.real, mat.imag]).to(**tt).contiguous()                # (2K, N): [Re; Im]
+        self.stacked_t = self.stacked.T.contiguous()                                        # (N, 2K)
+        half = mat[self.half:]                                                              # (H, N): kx >= 0
+        self.x_stacked = torch.cat([half.real, half.imag]).to(**tt).contiguous()            # (2H, N)
+        self.x_stacked_t = self.x_stacked.T.contiguous()                                    # (N, 2H)
+        self._conj = torch.tensor([1.0, -1.0], **tt)                                         # (re, im) -> conj
         self.dtype, self.cdtype = dtype, cdtype
+
+    # complex products in real arithmetic, one matrix product each
+    def _apply(self, xr, xi):
+        """``M @ (xr + i xi)`` for ``(N, m)`` inputs: ``(K, m)`` real and imaginary parts."""
+        k, m = self.size, xr.shape[1]
+        t = self.stacked @ torch.cat([xr, xi], 1)                                           # (2K, 2m)
+        return t[:k, :m] - t[k:, m:], t[:k, m:] + t[k:, :m]
+
+    def _apply_adjoint(self, cr, ci):
+        """``M^H @ (cr + i ci)`` for ``(K, m)`` inputs: ``(N, m)`` real and imaginary parts."""
+        m = cr.shape[1]
+        t = self.stacked_t @ torch.cat([torch.cat([cr, ci], 1), torch.cat([ci, -cr], 1)])   # (N, 2m)
+        return t[:, :m], t[:, m:]
 
     def forward_pairs(self, volume: torch.Tensor) -> torch.Tensor:
         """``(N, N, N)`` real [z, y, x] -> ``(K, K, K, 2)`` real (re, im) [kz, ky, kx]."""
-        n, k = self.box, self.size
-        fr, fi = self.real, self.imag
-        # x axis: real input, one product with [fr; fi]
-        a = volume.to(self.dtype).reshape(n * n, n) @ self.stacked_t                  # (z*y, 2k)
-        ar, ai = a[:, :k].reshape(n, n, k), a[:, k:].reshape(n, n, k)                # (z, y, kx)
-        # y axis (complex, in real arithmetic), then z
-        br, bi = fr @ ar - fi @ ai, fr @ ai + fi @ ar                               # (z, ky, kx)
-        br, bi = br.reshape(n, k * k), bi.reshape(n, k * k)
-        return torch.stack([fr @ br - fi @ bi, fr @ bi + fi @ br], dim=-1).reshape(k, k, k, 2)
+        n, k, h = self.box, self.size, self.half
+        hh = h + 1
+        a = volume.to(self.dtype).reshape(n * n, n) @ self.x_stacked_t                      # (z*y, 2H)
+        a = a.reshape(n, n, 2, hh).transpose(0, 1)                                          # (y, z, 2, H)
+        br, bi = self._apply(a[:, :, 0].reshape(n, n * hh), a[:, :, 1].reshape(n, n * hh))  # (ky, z*H)
+        br = br.reshape(k, n, hh).transpose(0, 1).reshape(n, k * hh)                        # (z, ky*H)
+        bi = bi.reshape(k, n, hh).transpose(0, 1).reshape(n, k * hh)
+        cr, ci = self._apply(br, bi)                                                        # (kz, ky*H)
+        half = torch.stack([cr.reshape(k, k, hh), ci.reshape(k, k, hh)], -1)               # (K, K, H, 2)
+        # the Hermitian mirror: F(-kz, -ky, -kx) = conj F(kz, ky, kx)
+        mirror = half[:, :, 1:].flip(0, 1, 2) * self._conj
+        return torch.cat([mirror, half], 2)
 
     def adjoint_pairs(self, pairs: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`forward_pairs` (real inner product): ``(K, K, K, 2)`` -> ``(N, N, N)``."""
-        n, k = self.box, self.size
-        fr, fi = self.real, self.imag  # the conjugate transpose is (fr - i fi)^T
-        ur, ui = pairs[..., 0].reshape(k, k * k), pairs[..., 1].reshape(k, k * k)
-        cr, ci = fr.T @ ur + fi.T @ ui, fr.T @ ui - fi.T @ ur                       # (z, ky*kx)
-        cr, ci = cr.reshape(n, k, k), ci.reshape(n, k, k)
-        br, bi = fr.T @ cr + fi.T @ ci, fr.T @ ci - fi.T @ cr                       # (z, y, kx)
-        # last axis: only the real part is needed, one product with [fr; fi]
-        b = torch.cat([br.reshape(n * n, k), bi.reshape(n * n, k)], dim=1)          # (z*y, 2k)
-        return (b @ self.stacked).reshape(n, n, n)
+        n, k, h = self.box, self.size, self.half
+        hh = h + 1
+        g = pairs[:, :, h:].clone()                                                         # (K, K, H, 2)
+        g[:, :, 1:] += pairs[:, :, :h].flip(0, 1, 2) * self._conj
+        cr, ci = self._apply_adjoint(g[..., 0].reshape(k, k * hh), g[..., 1].reshape(k, k * hh))  # (z, ky*H)
+        cr = cr.reshape(n, k, hh).transpose(0, 1).reshape(k, n * hh)                        # (ky, z*H)
+        ci = ci.reshape(n, k, hh).transpose(0, 1).reshape(k, n * hh)
+        br, bi = self._apply_adjoint(cr, ci)                                                # (y, z*H)
+        b = torch.stack([br.reshape(n, n, hh), bi.reshape(n, n, hh)], 2)                    # (y, z, 2, H)
+        # last axis: only the real part is needed, Re(M^H c) = [Mr; Mi]^T [cr; ci]
+        return (b.transpose(0, 1).reshape(n * n, 2 * hh) @ self.x_stacked).reshape(n, n, n)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """``(N, N, N)`` real [z, y, x] -> ``(K, K, K)`` complex [kz, ky, kx]."""
