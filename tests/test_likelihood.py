@@ -16,11 +16,14 @@ from cryosgd.inference.rotation_set import VARIANT_MATRICES, build_rotation_set
 SIGMA = 1.3
 
 
-def tiny_problem(n=12, band_limit=3.5, memory_budget=1 << 30, seed=0):
+SHIFTS = {1: (np.zeros((1, 2)), np.ones(1)),  # no shift search: the single-product path
+          3: (np.array([[0.0, 0.0], [1.0, 0.0], [0.0, -1.0]]), np.array([0.5, 0.25, 0.25]))}
+
+
+def tiny_problem(n=12, band_limit=3.5, memory_budget=1 << 30, seed=0, n_shifts=3):
     d, w = lebedev_directions(7)
     rs = build_rotation_set(d, w, 8)
-    shifts = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, -1.0]])
-    sw = np.array([0.5, 0.25, 0.25])
+    shifts, sw = SHIFTS[n_shifts]
     kern = MarginalLikelihood(n, 2.0, band_limit, rs, shifts, sw, noise_std=SIGMA, dtype=torch.float64,
                               memory_budget=memory_budget)
     rng = np.random.default_rng(seed)
@@ -45,8 +48,9 @@ def naive_log_likelihood(kern, vol, batch, rs, shifts, sw):
     return torch.logsumexp(logp.reshape(len(batch), -1), dim=1) + const, logp
 
 
-def test_marginal_likelihood_equals_brute_force_and_autograd():
-    kern, vol, batch, rs, shifts, sw = tiny_problem()
+@pytest.mark.parametrize("n_shifts", [1, 3])
+def test_marginal_likelihood_equals_brute_force_and_autograd(n_shifts):
+    kern, vol, batch, rs, shifts, sw = tiny_problem(n_shifts=n_shifts)
     res = kern(vol, batch)
     v = vol.clone().requires_grad_(True)
     ref, logp = naive_log_likelihood(kern, v, batch, rs, shifts, sw)
@@ -78,10 +82,11 @@ def test_gradient_matches_finite_differences():
         assert math.isclose(fd, float(g[idx]), rel_tol=1e-5, abs_tol=1e-9)
 
 
-def test_chunked_two_pass_equals_single_pass():
+@pytest.mark.parametrize("n_shifts", [1, 3])
+def test_chunked_two_pass_equals_single_pass(n_shifts):
     """A memory budget too small for all scores forces rotation chunks and recomputation."""
-    kern1, vol, batch, *_ = tiny_problem()
-    kern2, *_ = tiny_problem(memory_budget=4 * 100 * 24 * 5)
+    kern1, vol, batch, *_ = tiny_problem(n_shifts=n_shifts)
+    kern2, *_ = tiny_problem(memory_budget=4 * 100 * 8 * n_shifts * 5, n_shifts=n_shifts)
     assert kern2.chunk < len(kern2.rotations.base)
     r1, r2 = kern1(vol, batch), kern2(vol, batch)
     assert torch.allclose(r1.log_likelihood, r2.log_likelihood, atol=1e-10)
@@ -117,3 +122,23 @@ def test_prior_gradient():
     prior.negative_log(v).backward()
     assert torch.allclose(prior.gradient(v.detach()), v.grad)
     assert math.isclose(float(prior.negative_log(v.detach())), 0.03 * 2.0 + 1e-4 * (4.0 + 0.01))
+
+
+def test_out_of_memory_halves_the_chunk_and_gives_the_same_result():
+    """A device that runs out of memory gets a smaller rotation chunk and a retry, not a crash."""
+    kern, vol, batch, *_ = tiny_problem()
+    ref = kern(vol, batch)
+    full = len(kern.rotations.base)
+    evaluate = kern._evaluate
+
+    def tight(*args):  # as if the device held only a quarter of the rotations' scores
+        if kern.chunk > full // 4:
+            raise torch.OutOfMemoryError("simulated")
+        return evaluate(*args)
+
+    kern._evaluate = tight
+    with pytest.warns(UserWarning, match="rotation chunk reduced"):
+        res = kern(vol, batch)
+    assert kern.chunk <= full // 4
+    assert torch.allclose(res.log_likelihood, ref.log_likelihood, atol=1e-10)
+    assert torch.allclose(res.gradient, ref.gradient, atol=1e-10)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["peak_rss_bytes", "current_rss_bytes", "format_bytes"]
+__all__ = ["peak_rss_bytes", "current_rss_bytes", "available_bytes", "format_bytes"]
 
 
 def peak_rss_bytes() -> int:
@@ -28,6 +28,35 @@ def current_rss_bytes() -> int | None:
     except (OSError, IndexError, ValueError):
         return None
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (no limit) and errors read as None
+
+
+def available_bytes() -> int | None:
+    """Memory this process may still use, in bytes: the system's available memory, or what is left
+    under a cgroup limit (containers, batch schedulers) if that is smaller; ``None`` if unknown.
+    """
+    candidates = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        lim, used = _read_int(limit), _read_int(usage)
+        if lim is not None and used is not None and lim < 1 << 60:
+            candidates.append(max(0, lim - used))
+    return min(candidates) if candidates else None
 
 
 def format_bytes(n: int) -> str:

@@ -76,7 +76,7 @@ class Settings:
     checkpoint_every: float = 60.0          # seconds
     tune_images: int = 300
     tune_steps: int = 12
-    memory_budget: int = 1 << 30
+    memory_budget: int | None = None       # bytes for the score matrix; None: from the memory available
     noise_std: float | None = None          # None: estimated from the background
     device: str = "cpu"
 

@@ -33,6 +33,7 @@ from ..forward.ctf import CTFParams, compute_ctf
 from ..forward.interp import interpolation_taps
 from ..forward.shift import phase_shifts
 from ..forward.slicing import slice_coordinates
+from ..memory import available_bytes
 from .bandvolume import BandTransform
 from .rotation_set import RotationSet, half_plane_permutations
 
@@ -92,9 +93,18 @@ class LikelihoodBatch:
 class LikelihoodResult:
     log_likelihood: torch.Tensor        # (B,) log p(I_b | V) in nats
     gradient: torch.Tensor | None       # (N, N, N) gradient of -sum_b log p(I_b | V)
-    best_rotation: np.ndarray           # (B, 3, 3) most probable rotation
-    best_shift: np.ndarray              # (B, 2) most probable origin offset (pixels)
-    best_probability: np.ndarray        # (B,) posterior probability of that (rotation, shift)
+    best_rotation: np.ndarray | None    # (B, 3, 3) most probable rotation (None unless poses were asked for)
+    best_shift: np.ndarray | None       # (B, 2) most probable origin offset (pixels)
+    best_probability: np.ndarray | None  # (B,) posterior probability of that (rotation, shift)
+
+
+def default_memory_budget(device) -> int:
+    """Bytes the score matrix may take on ``device`` when no budget is given (see :class:`MarginalLikelihood`)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    available = available_bytes()
+    return max(256 << 20, available // 4) if available is not None else 1 << 30
 
 
 class MarginalLikelihood:
@@ -105,17 +115,18 @@ class MarginalLikelihood:
     rotations:    a :class:`RotationSet`.
     shifts:       ``(S, 2)`` origin offsets (pixels) and ``shift_weights`` ``(S,)`` summing to 1.
     noise_std:    sigma per pixel (1 for normalised images).
-    memory_budget: bytes for the score matrix; sets the rotation chunk.
+    memory_budget: bytes for the score matrix; sets the rotation chunk.  ``None``: a quarter of the
+                  memory available to the process on CPU (at least 256 MiB), half the free memory
+                  on a GPU; a given budget is also capped at half the free memory of a GPU.
     """
 
     def __init__(self, box: int, pixel_size: float, band_limit: float, rotations: RotationSet,
                  shifts=None, shift_weights=None, *, noise_std: float = 1.0, oversampling: int = 2,
-                 kernel: str = "trilinear", dtype=torch.float32, device=None, memory_budget: int = 1 << 30):
+                 kernel: str = "trilinear", dtype=torch.float32, device=None, memory_budget: int | None = None):
         self.box, self.pixel_size, self.band_limit = box, pixel_size, band_limit
         self.dtype, self.device = dtype, torch.device(device or "cpu")
         self.cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         self.noise_std = float(noise_std)
-        self.memory_budget = memory_budget
         self.rotations = rotations
         if shifts is None:
             shifts, shift_weights = np.zeros((1, 2)), np.ones(1)
@@ -141,10 +152,12 @@ class MarginalLikelihood:
         coords = slice_coordinates(torch.as_tensor(rotations.base), freqs_t) * oversampling
         idx, w = interpolation_taps(coords, self.band.size, kernel)
         self.slice_op, self.slice_op_t = _slicing_matrices(idx, w.to(dtype), self.band.size**3, self.device)
-        n_rows_per_image = 8 * len(self.shifts)
+        self.memory_budget = default_memory_budget(self.device) if memory_budget is None else int(memory_budget)
         if self.device.type == "cuda":  # the score matrix may use half of the free device memory
-            memory_budget = min(memory_budget, torch.cuda.mem_get_info(self.device)[0] // 2)
-        self.chunk = max(1, min(len(rotations.base), int(memory_budget // (4 * 100 * n_rows_per_image))))
+            self.memory_budget = min(self.memory_budget, torch.cuda.mem_get_info(self.device)[0] // 2)
+        # rotations per chunk for a minibatch of 100 (scaled to the batch at each call)
+        bytes_per_rotation = torch.finfo(dtype).bits // 8 * 100 * 8 * len(self.shifts)
+        self.chunk = max(1, min(len(rotations.base), self.memory_budget // bytes_per_rotation))
 
     # ------------------------------------------------------------------ data
     def prepare(self, images, ctf: CTFParams | None) -> LikelihoodBatch:
@@ -165,20 +178,31 @@ class MarginalLikelihood:
                                norm.to(self.device, self.dtype))
 
     # ---------------------------------------------------------------- slices
+    def slices_pairs(self, volume: torch.Tensor) -> torch.Tensor:
+        """``(Mb, P, 2)`` real (re, im) slices of the base rotations."""
+        cube = self.band.forward_pairs(volume.to(self.device, self.dtype))
+        return (self.slice_op @ cube.reshape(-1, 2)).view(len(self.rotations.base), self.n_points, 2)
+
+    def slices_adjoint_pairs(self, grad_pairs: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`slices_pairs`: ``(Mb, P, 2)`` -> ``(N, N, N)`` real."""
+        g = self.slice_op_t @ grad_pairs.reshape(-1, 2)
+        return self.band.adjoint_pairs(g.view((self.band.size,) * 3 + (2,)))
+
     def slices(self, volume: torch.Tensor) -> torch.Tensor:
         """``(Mb, P)`` complex slices of the base rotations."""
-        cube = self.band.forward_pairs(volume.to(self.device, self.dtype))
-        y = self.slice_op @ cube.reshape(-1, 2)
-        return torch.view_as_complex(y.reshape(len(self.rotations.base), self.n_points, 2).contiguous())
+        return torch.view_as_complex(self.slices_pairs(volume))
 
     def slices_adjoint(self, grad_slices: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`slices`: ``(Mb, P)`` complex -> ``(N, N, N)`` real."""
-        g = self.slice_op_t @ torch.view_as_real(grad_slices.reshape(-1)).contiguous()
-        return self.band.adjoint_pairs(g.reshape((self.band.size,) * 3 + (2,)))
+        return self.slices_adjoint_pairs(torch.view_as_real(grad_slices.contiguous()))
 
     # ---------------------------------------------------------------- kernel
     def _rows(self, batch: LikelihoodBatch):
-        """Data-side matrices: cross rows ``(B*8*S, 2P+1)`` and norm rows ``(B*8, P)``."""
+        """Data-side matrices: cross rows ``(B*8*S, 2P+1)`` and norm rows ``(B*8, P)``.
+
+        A cross row holds ``(Re g_1, -Im g_1, Re g_2, -Im g_2, ..., bias)``: point by point in the
+        (re, im) order of the slices' pairs, so ``row . [y pairs, 1] = Re sum g y + bias``.
+        """
         b, p = batch.data.shape
         s = len(self.shifts)
         inv2 = 1.0 / self.noise_std**2
@@ -192,27 +216,50 @@ class MarginalLikelihood:
         c2v.scatter_(2, self.sym_index[None].expand(b, 8, p), c2[:, None, :].expand(b, 8, p))
         row_bias = (self.log_shift_weights[None, :] - 0.5 * inv2 * batch.data_norm[:, None]
                     - 0.5 * self.n_full * math.log(2 * math.pi * self.noise_std**2))          # (B,S)
-        cross = torch.cat([g.real * inv2, -g.imag * inv2,
-                           row_bias[:, None, :, None].expand(b, 8, s, 1)], dim=3)          # (B,8,S,2P+1)
+        pairs = torch.stack([g.real, -g.imag], -1).view(b, 8, s, 2 * p) * inv2
+        cross = torch.cat([pairs, row_bias[:, None, :, None].expand(b, 8, s, 1)], dim=3)   # (B,8,S,2P+1)
         return cross.reshape(b * 8 * s, 2 * p + 1), c2v.reshape(b * 8, p)
 
-    def _scores(self, cross, c2v, ycols, ynorm, start, stop, b):
-        """Log joint scores for base rotations ``start:stop``: ``(B, 8, S, C)``."""
-        s = len(self.shifts)
-        sc = cross @ ycols[:, start:stop]                                                  # (B8S, C)
-        nt = torch.addmm(self.log_rot_weights[None, start:stop], c2v, ynorm[:, start:stop],
-                         alpha=-0.5 / self.noise_std**2)                                   # (B8, C)
-        sc = sc.view(b * 8, s, stop - start).add_(nt[:, None, :])
-        return sc.view(b, 8, s, stop - start)
+    def _score_function(self, batch: LikelihoodBatch, y: torch.Tensor):
+        """Log joint scores of base rotations ``start:stop`` as ``(C, B*8*S)`` (columns: image, variant, shift).
 
-    def __call__(self, volume: torch.Tensor, batch: LikelihoodBatch, *, gradient: bool = True) -> LikelihoodResult:
-        """Log-likelihoods, the gradient of their negative sum, and the best poses.
+        Rotations run down the rows so the big product is ``(C, D) @ (D, B*8*S)``, the
+        orientation the BLAS runs fastest, and the gradient products need no transposes.
+        Returns ``scores(start, stop)`` and the data-side rows ``cross (B*8*S, 2P+1)``, ``c2v (B*8, P)``.
+        """
+        b, s, mb = len(batch), len(self.shifts), y.shape[0]
+        inv2 = 1.0 / self.noise_std**2
+        cross, c2v = self._rows(batch)
+        ones = torch.ones((mb, 1), dtype=self.dtype, device=self.device)
+        ynorm = y.square().sum(-1)                                                         # (Mb, P)
+        y = y.view(mb, -1)                                                                 # (Mb, 2P): (re, im) pairs
+        if s == 1:  # one product: the norm term and the rotation weights ride along as extra columns
+            left = torch.cat([cross, (-0.5 * inv2) * c2v, torch.ones_like(c2v[:, :1])], 1).T.contiguous()  # (3P+2, B8)
+            right = torch.cat([y, ones, ynorm, self.log_rot_weights[:, None]], 1)         # (Mb, 3P+2)
+
+            def scores(start, stop):
+                return right[start:stop] @ left
+        else:
+            cross_t, c2v_t = cross.T.contiguous(), c2v.T.contiguous()                      # (2P+1, B8S), (P, B8)
+            ycols = torch.cat([y, ones], 1)                                                # (Mb, 2P+1)
+
+            def scores(start, stop):
+                sc = ycols[start:stop] @ cross_t                                           # (C, B8S)
+                nt = torch.addmm(self.log_rot_weights[start:stop, None], ynorm[start:stop], c2v_t,
+                                 alpha=-0.5 * inv2)                                        # (C, B8)
+                sc.view(stop - start, b * 8, s).add_(nt[:, :, None])
+                return sc
+        return scores, cross, c2v
+
+    def __call__(self, volume: torch.Tensor, batch: LikelihoodBatch, *, gradient: bool = True,
+                 poses: bool = True) -> LikelihoodResult:
+        """Log-likelihoods, the gradient of their negative sum, and (with ``poses``) the best poses.
 
         A GPU that runs out of memory gets a smaller rotation chunk and a retry, not a crash.
         """
         while True:
             try:
-                return self._evaluate(volume, batch, gradient)
+                return self._evaluate(volume, batch, gradient, poses)
             except torch.OutOfMemoryError:
                 if self.chunk == 1:
                     raise
@@ -221,67 +268,69 @@ class MarginalLikelihood:
                     torch.cuda.empty_cache()
                 warnings.warn(f"out of device memory: rotation chunk reduced to {self.chunk}", stacklevel=2)
 
-    def _evaluate(self, volume: torch.Tensor, batch: LikelihoodBatch, gradient: bool) -> LikelihoodResult:
-        y = self.slices(volume)                                                            # (Mb, P)
-        b, mb = len(batch), y.shape[0]
-        ycols = torch.cat([y.real.T, y.imag.T, torch.ones((1, mb), dtype=self.dtype, device=self.device)])
-        ynorm = (y.real**2 + y.imag**2).T.contiguous()                                    # (P, Mb)
-        cross, c2v = self._rows(batch)
-        chunks = [(i, min(i + self.chunk, mb)) for i in range(0, mb, self.chunk)]
+    def _evaluate(self, volume: torch.Tensor, batch: LikelihoodBatch, gradient: bool, poses: bool) -> LikelihoodResult:
+        y = self.slices_pairs(volume)                                                      # (Mb, P, 2)
+        b, mb, s, p = len(batch), y.shape[0], len(self.shifts), self.n_points
+        inv2 = 1.0 / self.noise_std**2
+        scores, cross, c2v = self._score_function(batch, y)
+        chunk = max(1, self.chunk * 100 // b)
+        chunks = [(i, min(i + chunk, mb)) for i in range(0, mb, chunk)]
         keep = len(chunks) == 1
         # pass 1: per-image log-sum-exp (and the best pose)
-        m = torch.full((b,), -math.inf, dtype=self.dtype, device=self.device)
-        z = torch.zeros(b, dtype=self.dtype, device=self.device)
-        best_val = torch.full((b,), -math.inf, dtype=self.dtype, device=self.device)
+        tt = dict(dtype=self.dtype, device=self.device)
+        m = torch.full((b,), -math.inf, **tt)
+        z = torch.zeros(b, **tt)
+        best_val = torch.full((b,), -math.inf, **tt)
         best_idx = torch.zeros((b, 3), dtype=torch.long, device=self.device)
         stored = None
         for start, stop in chunks:
-            sc = self._scores(cross, c2v, ycols, ynorm, start, stop, b)
-            flat = sc.view(b, -1)
-            cmax, carg = flat.max(1)
+            sc = scores(start, stop)                                                       # (C, B8S)
+            col_max = sc.amax(0).view(b, 8 * s)
+            cmax, col = col_max.max(1)                                                     # (B,): best (variant, shift)
             better = cmax > best_val
-            if better.any():
-                c = stop - start
-                s_ = len(self.shifts)
-                best_idx[better, 0] = carg[better] // (s_ * c)
-                best_idx[better, 1] = (carg[better] // c) % s_
-                best_idx[better, 2] = carg[better] % c + start
+            if poses and better.any():
+                sel = better.nonzero()[:, 0]
+                row = sc.index_select(1, sel * 8 * s + col[sel]).argmax(0)                 # best rotation in the chunk
+                best_idx[sel, 0], best_idx[sel, 1], best_idx[sel, 2] = col[sel] // s, col[sel] % s, row + start
                 best_val = torch.where(better, cmax, best_val)
             new_m = torch.maximum(m, cmax)
+            per_image = sc.view(stop - start, b, 8 * s)
             if keep:
-                flat.sub_(new_m[:, None]).exp_()
-                z = z * torch.exp(m - new_m) + flat.sum(1)
+                sc.sub_(new_m.repeat_interleave(8 * s)[None, :]).exp_()
+                z = z * torch.exp(m - new_m) + sc.sum(0).view(b, -1).sum(1)
                 stored = sc
             else:
-                z = z * torch.exp(m - new_m) + torch.exp(flat - new_m[:, None]).sum(1)
+                z = z * torch.exp(m - new_m) + torch.exp(per_image - new_m[None, :, None]).sum((0, 2))
             m = new_m
         lse = m + torch.log(z)
         grad = None
         if gradient:
-            s = len(self.shifts)
-            inv2 = 1.0 / self.noise_std**2
-            gcols = torch.empty((2 * self.n_points, mb), dtype=self.dtype, device=self.device)
-            gnorm = torch.empty((self.n_points, mb), dtype=self.dtype, device=self.device)
-            cross_t = cross[:, :-1].T.contiguous()                                         # (2P, B8S)
-            if keep:  # stored holds exp(sc - m); fold 1/z into the small row matrices, not the big one
-                inv_z = (1.0 / z).repeat_interleave(8 * s)
-                cross_t = cross_t * inv_z[None, :]
-                c2v_t = (c2v * (1.0 / z).repeat_interleave(8)[:, None]).T.contiguous()
-            else:
-                c2v_t = c2v.T.contiguous()
+            # responsibilities (C, B8S) times the data-side rows give d(sum log p)/d[Re y, Im y] (cross term)
+            # and the weights of c^2 |y|^2 (norm term); with one pass, 1/z is folded into the small rows
+            scale = (1.0 / z) if keep else torch.ones_like(z)
+            cross_b = cross[:, :-1] * scale.repeat_interleave(8 * s)[:, None]              # (B8S, 2P)
+            c2v_b = c2v * scale.repeat_interleave(8)[:, None]                              # (B8, P)
+            back = torch.cat([cross_b, c2v_b], 1) if s == 1 else None                      # (B8, 3P)
+            gall = torch.empty((mb, 3 * p), **tt) if not keep or back is None else None
             for start, stop in chunks:
                 if keep:
-                    resp = stored.view(b * 8 * s, -1)
+                    resp = stored
                 else:
-                    sc = self._scores(cross, c2v, ycols, ynorm, start, stop, b)
-                    resp = sc.view(b, -1).sub_(lse[:, None]).exp_().view(b * 8 * s, -1)
-                gcols[:, start:stop] = cross_t @ resp            # d(sum log p)/d[Re y; Im y] from the cross term
-                rb = resp.view(b * 8, s, -1).sum(1) if s > 1 else resp                     # (B8, C)
-                gnorm[:, start:stop] = c2v_t @ rb
+                    resp = scores(start, stop)
+                    resp.view(stop - start, b, 8 * s).sub_(lse[None, :, None]).exp_()
+                if back is not None and keep:  # both terms in one product
+                    gall = resp @ back
+                    continue
+                if back is not None:
+                    gall[start:stop] = resp @ back
+                    continue
+                gall[start:stop, :2 * p] = resp @ cross_b
+                gall[start:stop, 2 * p:] = resp.view(stop - start, b * 8, s).sum(2) @ c2v_b
             # gradient of -sum log p: cross part -gcols; norm part (1/sigma^2) c^2 y
-            gy = torch.complex(-gcols[:self.n_points] + inv2 * gnorm * y.real.T,
-                               -gcols[self.n_points:] + inv2 * gnorm * y.imag.T).T.contiguous()
-            grad = self.slices_adjoint(gy)
+            gcols, gnorm = gall[:, :2 * p].view(mb, p, 2), gall[:, 2 * p:]
+            grad = self.slices_adjoint_pairs(torch.addcmul(-gcols, gnorm[:, :, None], y, value=inv2))
+        if not poses:
+            return LikelihoodResult(lse, grad, None, None, None)
         bi = best_idx.cpu().numpy()
         best_rot = self.rotations.rotation(bi[:, 0], bi[:, 2])
         best_prob = torch.exp(best_val - lse).cpu().numpy()

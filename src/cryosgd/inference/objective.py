@@ -25,7 +25,7 @@ __all__ = ["Objective", "ObjectiveValue"]
 class ObjectiveValue:
     value: float                 # minibatch estimate of f(V) (nats per image)
     gradient: torch.Tensor       # (N, N, N)
-    result: LikelihoodResult     # per-image log-likelihoods and poses
+    result: LikelihoodResult     # per-image log-likelihoods (no poses)
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Objective:
 
     def __call__(self, volume: torch.Tensor, batch: LikelihoodBatch, total: int | None = None) -> ObjectiveValue:
         """The minibatch objective; ``batch`` may be this process's share of ``total`` images."""
-        res = self.likelihood(volume, batch, gradient=True)
+        res = self.likelihood(volume, batch, gradient=True, poses=False)
         nll = -res.log_likelihood.sum().to(torch.float64).reshape(1)
         grad = res.gradient.clone()
         sum_across(nll, grad)
@@ -47,7 +47,7 @@ class Objective:
 
     def test_nll(self, volume: torch.Tensor, batch: LikelihoodBatch, total: int | None = None) -> float:
         """Mean negative log-likelihood (nats per image) of held-out images (summed across processes)."""
-        res = self.likelihood(volume, batch, gradient=False)
+        res = self.likelihood(volume, batch, gradient=False, poses=False)
         nll = -res.log_likelihood.sum().to(torch.float64).reshape(1)
         sum_across(nll)
         return float(nll) / (total or len(batch))
