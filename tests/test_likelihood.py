@@ -142,3 +142,12 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_result():
     assert kern.chunk <= full // 4
     assert torch.allclose(res.log_likelihood, ref.log_likelihood, atol=1e-10)
     assert torch.allclose(res.gradient, ref.gradient, atol=1e-10)
+
+
+def test_default_budget_follows_the_memory_available():
+    from cryosgd.memory import available_bytes
+
+    available = available_bytes()
+    assert available is not None and available > 0  # Linux: /proc/meminfo (and any cgroup limit)
+    kern, *_ = tiny_problem(memory_budget=None)
+    assert kern.memory_budget == pytest.approx(max(256 << 20, available // 4), rel=0.1)
