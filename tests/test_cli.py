@@ -111,3 +111,11 @@ def test_simulate_from_model_with_cryosparc_ctfs_then_backproject(tmp_path, shar
 
     report = json.loads(proc.stdout)
     assert report["resolution_0.143"] < 12.0
+
+
+def test_version_is_the_installed_distribution():
+    from importlib.metadata import version
+
+    proc = cryosgd("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"cryosgd {version('cryosgd')}"

@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import parallel
+from . import __version__, parallel
 
 __all__ = ["main"]
 
@@ -300,6 +300,7 @@ def _add_run_options(p, *, epochs=1.0) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cryosgd", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"cryosgd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="simulate particle images from a map or an atomic model")
