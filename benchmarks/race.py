@@ -1,18 +1,26 @@
 """Race: cryosgd's SGD against RELION 3.1's SGD initial model on the same particles.
 
-    python benchmarks/race.py -o /tmp/race [--n 5000] [--snr 0.05] [--relion-iters ini,between,fin]
+    python benchmarks/race.py -o /tmp/race [--n 5000] [--snr 0.05] [--relion-minutes 60]
+    python benchmarks/race.py -o /tmp/race --only relion     # one program; the other's curve is reused
 
 Particles are projected by ``relion_project --ctf`` (so neither program sees its own simulator)
-from the EMD-3400 map in ../shared/data (64 px at 4.5 Å/px), CTFs drawn from the real cryoSPARC
-table, white noise at SNR 0.05.  Both programs start from their own random density (RELION's
-``--denovo_3dref`` makes its own), run on 2 threads, and are scored against the truth with
-``cryosgd fsc --align`` (FSC after alignment over rotation, shift and hand).  Wall time includes
-each program's whole run.  Prints one JSON line and writes race.md in the output folder.
+from the EMD-3400 map in ../shared/data (64 px at 4.5 Å/px), centred, CTFs drawn from the real
+cryoSPARC table, white noise at SNR 0.05.  Both programs start from their own random density
+(RELION's ``--denovo_3dref`` makes its own) and run on 2 threads, one after the other.
+
+Each program leaves a curve of (wall time, map): cryosgd a snapshot every ``--every`` gradient
+evaluations (times from its log), RELION a map every ``--relion-write`` iterations (times from the
+files' modification times).  Every map is scored against the truth by FSC after alignment over
+rotation, shift and hand (what ``cryosgd fsc --align`` does).  The race's figure is the wall time
+each program needs to first reach the best FSC-0.5 resolution RELION reaches in its run, from the
+program's start (cryosgd's learning-rate search included).  Writes ``race.json`` and ``race.md``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -31,20 +39,85 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BOX, APIX = 64, 4.5
 
 
-def run_relion_sgd(star: Path, out: Path, iters: tuple[int, int, int], diameter: float, threads: int = 2) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+def make_data(out: Path, n: int, snr: float) -> Path:
+    star = out / "data" / "particles.star"
+    if star.exists():
+        return star
+    volume = load_source_volume(SHARED / "map_emd3400_zehni2020" / "emd_3400_86.mrc", BOX, APIX)
+    table = load_particles(SHARED / "ctf_metadata_real" / "cryosparc_P12_J24_001_particles.cs",
+                           require_images=False).ctf
+    ctf = draw_ctfs(n, np.random.default_rng(1), table=table)
+    return relion_simulate(volume, APIX, out / "data", n=n, snr=snr, ctf=ctf, seed=1).particles
+
+
+def score(volume, truth) -> dict:
+    c = compare_maps(volume, truth, pixel_size=APIX, align=True)
+    return {"fsc05_A": round(c.resolution_05, 2), "fsc0143_A": round(c.resolution_0143, 2)}
+
+
+def run_cryosgd(star: Path, truth, resolution: float, epochs: float, every: int, seed: int) -> dict:
+    particles = load_particles(star)
+    marks = tuple(range(every, int(epochs * len(particles)) + 1, every))
+    t = time.perf_counter()
+    rec = reconstruct(particles, Settings(epochs=epochs, resolution=resolution, seed=seed, snapshots=marks))
+    wall = time.perf_counter() - t
+    curve = []
+    for grads, vol in sorted((k, v) for k, v in rec.snapshots.items() if k != "final"):
+        row = next(r for r in rec.log if r["gradients"] >= grads)
+        curve.append({"seconds": round(row["seconds"], 1), "gradients": row["gradients"], **score(vol, truth)})
+    curve.append({"seconds": round(wall, 1), "gradients": rec.log[-1]["gradients"], **score(rec.volume, truth)})
+    return {"wall_s": round(wall, 1), "learning_rate": rec.learning_rate, "settings":
+            f"Settings(epochs={epochs}, resolution={resolution}, seed={seed})", "curve": curve}
+
+
+def relion_command(star: Path, out: Path, iters, write: int, diameter: float, threads: int) -> list[str]:
     ini, between, fin = iters
-    # RELION finds the images relative to its working folder: run it in the STAR file's folder
-    cmd = ["relion_refine", "--sgd", "--denovo_3dref", "--i", star.name, "--o", str(out.resolve() / "run"), "--ctf",
-           "--K", "1", "--sym", "C1", "--zero_mask", "--flatten_solvent", "--particle_diameter", f"{diameter:.0f}",
-           "--healpix_order", "1", "--offset_range", "6", "--offset_step", "2", "--j", str(threads),
-           "--sgd_ini_iter", str(ini), "--sgd_inbetween_iter", str(between), "--sgd_fin_iter", str(fin),
-           "--sgd_write_iter", str(ini + between + fin), "--pool", "30", "--pad", "1", "--dont_combine_weights_via_disc"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=star.parent)
-    if proc.returncode != 0:
-        raise RuntimeError(f"relion_refine failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    maps = sorted(out.glob("run_it*_class001.mrc"))
-    return maps[-1]
+    return ["relion_refine", "--sgd", "--denovo_3dref", "--i", star.name, "--o", str(out.resolve() / "run"),
+            "--ctf", "--K", "1", "--sym", "C1", "--zero_mask", "--flatten_solvent",
+            "--particle_diameter", f"{diameter:.0f}", "--healpix_order", "1", "--offset_range", "0",
+            "--offset_step", "1", "--j", str(threads), "--sgd_ini_iter", str(ini), "--sgd_inbetween_iter",
+            str(between), "--sgd_fin_iter", str(fin), "--sgd_write_iter", str(write), "--pool", "30",
+            "--pad", "1", "--skip_gridding", "--dont_combine_weights_via_disc", "--random_seed", "1"]
+
+
+def run_relion(star: Path, out: Path, truth, iters, write: int, minutes: float, threads: int = 2) -> dict:
+    """RELION's SGD with its maps written every ``write`` iterations; stopped after ``minutes``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("run_*"):
+        old.unlink()
+    cmd = relion_command(star, out, iters, write, 0.9 * BOX * APIX, threads)
+    t0 = time.time()
+    (out / "started.txt").write_text(f"{t0}\n")
+    with open(out / "stdout.txt", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=star.parent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=minutes * 60)
+            finished = True
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            finished = False
+    wall = time.time() - t0
+    if finished and proc.returncode != 0:
+        raise RuntimeError(f"relion_refine failed; see {out / 'stdout.txt'}")
+    return {"wall_s": round(wall, 1), "finished": finished, "command": " ".join(cmd),
+            "curve": relion_curve(out, truth, t0)}
+
+
+def relion_curve(out: Path, truth, t0: float) -> list[dict]:
+    """Every map RELION wrote in ``out``, timed from the run's start ``t0`` (epoch seconds) and scored."""
+    curve = []
+    for path in sorted(out.glob("run_it*_class001.mrc")):
+        it = int(path.name[6:9])
+        if it == 0:
+            continue
+        vol, _ = read_map(path)
+        curve.append({"seconds": round(path.stat().st_mtime - t0, 1), "iteration": it, **score(vol, truth)})
+    return curve
+
+
+def first_reaching(curve, target):
+    return next((p["seconds"] for p in curve if p["fsc05_A"] <= target + 1e-6), None)
 
 
 def main() -> None:
@@ -52,48 +125,60 @@ def main() -> None:
     ap.add_argument("-o", "--output", required=True)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--snr", type=float, default=0.05)
-    ap.add_argument("--resolution", type=float, default=30.0, help="cryosgd's target (Å)")
+    ap.add_argument("--resolution", type=float, default=30.0, help="cryosgd's band limit (Å)")
     ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--relion-iters", default="50,200,50", help="RELION's --sgd_ini/inbetween/fin_iter")
+    ap.add_argument("--every", type=int, default=500, help="cryosgd snapshot every this many gradients")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--relion-iters", default="50,200,50", help="RELION's --sgd_ini/inbetween/fin_iter "
+                                                                 "(its defaults)")
+    ap.add_argument("--relion-write", type=int, default=5, help="RELION writes its map every this many iterations")
+    ap.add_argument("--relion-minutes", type=float, default=60.0, help="stop RELION after this long")
+    ap.add_argument("--only", choices=["cryosgd", "relion"], help="run one program; reuse the other's results")
+    ap.add_argument("--relion-existing", metavar="DIR", help="score a RELION run already made in DIR (timed from "
+                                                             "DIR/started.txt, epoch seconds) instead of running it")
     args = ap.parse_args()
     require_relion()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    volume = load_source_volume(SHARED / "map_emd3400_zehni2020" / "emd_3400_86.mrc", BOX, APIX)
-    table = load_particles(SHARED / "ctf_metadata_real" / "cryosparc_P12_J24_001_particles.cs",
-                           require_images=False).ctf
-    ctf = draw_ctfs(args.n, np.random.default_rng(1), table=table)
-    paths = relion_simulate(volume, APIX, out / "data", n=args.n, snr=args.snr, ctf=ctf, seed=1)
-    truth, _ = read_map(paths.volume)
-    particles = load_particles(paths.particles)
-
-    t = time.perf_counter()
-    rec = reconstruct(particles, Settings(epochs=args.epochs, resolution=args.resolution, seed=0))
-    ours_s = time.perf_counter() - t
-    ours = compare_maps(rec.volume, truth, pixel_size=APIX, align=True)
-
-    iters = tuple(int(x) for x in args.relion_iters.split(","))
-    t = time.perf_counter()
-    relion_map = run_relion_sgd(paths.particles, out / "relion", iters, diameter=0.9 * BOX * APIX)
-    relion_s = time.perf_counter() - t
-    rmap, _ = read_map(relion_map)
-    theirs = compare_maps(rmap, truth, pixel_size=APIX, align=True)
-
-    row = {"particles": args.n, "box": BOX, "pixel_size": APIX, "snr": args.snr, "threads": 2, "cpu": cpu_model(),
-           "cryosgd_s": round(ours_s, 1), "cryosgd_fsc05_A": round(ours.resolution_05, 1),
-           "cryosgd_fsc0143_A": round(ours.resolution_0143, 1), "cryosgd_epochs": args.epochs,
-           "relion_s": round(relion_s, 1), "relion_fsc05_A": round(theirs.resolution_05, 1),
-           "relion_fsc0143_A": round(theirs.resolution_0143, 1), "relion_iters": args.relion_iters,
-           "speedup": round(relion_s / ours_s, 1)}
-    print(json.dumps(row))
-    md = (f"| program | wall time (s) | FSC 0.5 (Å) | FSC 0.143 (Å) |\n|---|---|---|---|\n"
-          f"| cryosgd SGD, {args.epochs:g} epoch, band limit {args.resolution:g} Å | {ours_s:.0f} | "
-          f"{ours.resolution_05:.1f} | {ours.resolution_0143:.1f} |\n"
-          f"| RELION 3.1 `--sgd --denovo_3dref` ({args.relion_iters} iterations) | {relion_s:.0f} | "
-          f"{theirs.resolution_05:.1f} | {theirs.resolution_0143:.1f} |\n\n"
-          f"Speed-up: {relion_s / ours_s:.1f}x. {args.n} particles, {BOX} px, {APIX} Å/px, SNR {args.snr}; "
-          f"{cpu_model()}, 2 threads each.\n")
-    (out / "race.md").write_text(md)
+    star = make_data(out, args.n, args.snr)
+    truth, _ = read_map(star.parent / "truth.mrc")
+    results_path = out / "race.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.update({"particles": args.n, "box": BOX, "pixel_size": APIX, "snr": args.snr, "threads": 2,
+                    "cpu": cpu_model()})
+    if args.only in (None, "cryosgd"):
+        results["cryosgd"] = run_cryosgd(star, truth, args.resolution, args.epochs, args.every, args.seed)
+    if args.only in (None, "relion"):
+        iters = tuple(int(x) for x in args.relion_iters.split(","))
+        if args.relion_existing:
+            folder = Path(args.relion_existing)
+            t0 = float((folder / "started.txt").read_text())
+            curve = relion_curve(folder, truth, t0)
+            results["relion"] = {"wall_s": curve[-1]["seconds"], "finished": True, "curve": curve,
+                                 "command": " ".join(relion_command(star, folder, iters, args.relion_write,
+                                                                    0.9 * BOX * APIX, 2))}
+        else:
+            results["relion"] = run_relion(star, out / "relion", truth, iters, args.relion_write,
+                                           args.relion_minutes)
+    results_path.write_text(json.dumps(results, indent=1))
+    if "cryosgd" not in results or "relion" not in results:
+        return
+    ours, theirs = results["cryosgd"], results["relion"]
+    target = min(p["fsc05_A"] for p in theirs["curve"])
+    t_ours, t_theirs = first_reaching(ours["curve"], target), first_reaching(theirs["curve"], target)
+    summary = {"target_fsc05_A": target, "relion_s_to_target": t_theirs, "cryosgd_s_to_target": t_ours,
+               "speedup": round(t_theirs / t_ours, 1) if t_ours else None,
+               "cryosgd_final_fsc05_A": ours["curve"][-1]["fsc05_A"], "cryosgd_wall_s": ours["wall_s"],
+               "relion_final_fsc05_A": theirs["curve"][-1]["fsc05_A"], "relion_wall_s": theirs["wall_s"]}
+    results["summary"] = summary
+    results_path.write_text(json.dumps(results, indent=1))
+    print(json.dumps(summary))
+    lines = ["| program | seconds | FSC 0.5 (Å) | FSC 0.143 (Å) |", "|---|---|---|---|"]
+    for name, res in (("cryosgd", ours), ("RELION", theirs)):
+        lines += [f"| {name} | {p['seconds']:.0f} | {p['fsc05_A']:.1f} | {p['fsc0143_A']:.1f} |" for p in res["curve"]]
+    lines.append(f"\nTarget {target:.1f} Å (RELION's best): RELION {t_theirs:.0f} s, cryosgd "
+                 f"{t_ours if t_ours is None else round(t_ours)} s.")
+    (out / "race.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
