@@ -85,6 +85,17 @@ def test_not_a_map_and_mismatched_maps(tmp_path):
     assert_user_error(cryosgd("fsc", tmp_path / "a.mrc", tmp_path / "b.mrc"), "a.mrc")
 
 
+def test_resolution_beyond_nyquist_or_beyond_the_quadrature(tmp_path):
+    write_stack(tmp_path / "s.mrcs", np.random.default_rng(0).standard_normal((200, 64, 64)))
+    write_star(tmp_path / "p.star", "s.mrcs", 200, box=64)  # 64 px at 2 Å/pixel: Nyquist 4 Å
+    proc = cryosgd("reconstruct", tmp_path / "p.star", "-o", tmp_path / "run", "--resolution", "3")
+    assert_user_error(proc, "p.star", "Nyquist")
+    # 4.5 Å at 64 px (28 Fourier pixels) needs an angular step finer than the largest Lebedev rule offers
+    proc = cryosgd("reconstruct", tmp_path / "p.star", "-o", tmp_path / "run", "--resolution", "4.5")
+    assert_user_error(proc, "p.star", "Lebedev")
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_optimiser_is_refused_by_the_parser(tmp_path):
     proc = cryosgd("reconstruct", "x.star", "-o", tmp_path, "--optimizer", "adam")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr

@@ -113,11 +113,13 @@ def _run_one(particles, outdir: Path, settings, *, reference=None, reference_nam
     from .outputs import write_outputs
     from .reconstruct import assign_poses, reconstruct
 
-    outdir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(desc=label or settings.optimizer, unit="step", file=sys.stderr, dynamic_ncols=True,
-               disable=os.environ.get("CRYOSGD_QUIET") == "1" or not parallel.is_main())
+    bars = []  # the bar appears with the first step, so bad input ends with its one line alone
 
     def progress(done, total, row):
+        if not bars:
+            bars.append(tqdm(desc=label or settings.optimizer, unit="step", file=sys.stderr, dynamic_ncols=True,
+                             disable=os.environ.get("CRYOSGD_QUIET") == "1" or not parallel.is_main()))
+        bar = bars[0]
         bar.total = total
         bar.n = done
         info = {"res": f"{particles.box * particles.pixel_size / row['band_limit']:.1f}A"}
@@ -126,7 +128,8 @@ def _run_one(particles, outdir: Path, settings, *, reference=None, reference_nam
         bar.set_postfix(info, refresh=True)
 
     rec = reconstruct(particles, settings, checkpoint=outdir / "checkpoint.pt", progress=progress)
-    bar.close()
+    for bar in bars:
+        bar.close()
     poses = None
     if assign:
         with _progress(len(particles), "poses") as pbar:

@@ -37,7 +37,8 @@ from .inference.likelihood import MarginalLikelihood
 from .inference.noise import estimate_noise_std
 from .inference.objective import Objective
 from .inference.prior import DensityPrior
-from .inference.quadrature import angular_step, choose_quadrature, lebedev_directions, lebedev_order_for_step
+from .inference.quadrature import (LEBEDEV_POINTS, angular_step, available_lebedev_orders, choose_quadrature,
+                                   directions_for_step, lebedev_directions, lebedev_order_for_step)
 from .inference.rotation_set import build_rotation_set
 from . import parallel
 from .io import InputError, ParticleSet
@@ -167,6 +168,26 @@ def centre_density(volume: torch.Tensor) -> torch.Tensor:
     return torch.roll(volume, shifts=shift, dims=(0, 1, 2)) if any(shift) else volume
 
 
+def check_resolution(settings: Settings, particles: ParticleSet) -> None:
+    """The target resolution must lie above Nyquist and within reach of the finest quadrature rule."""
+    box, apix = particles.box, particles.pixel_size
+    target = settings.resolution or box * apix / (0.25 * box / 2)
+    if not target >= 2 * apix:
+        raise InputError(particles.source, f"--resolution {target:g} Å is finer than Nyquist ({2 * apix:g} Å at "
+                                           f"{apix:g} Å/pixel)")
+    most = LEBEDEV_POINTS[available_lebedev_orders()[-1]]
+    needed = directions_for_step(angular_step(box * apix / target))
+    if needed > most:
+        # the finest band limit whose angular step the largest rule still covers
+        r = box * apix / target
+        while r > 1 and directions_for_step(angular_step(r)) > most:
+            r *= 0.99
+        raise InputError(particles.source, f"--resolution {target:g} Å needs {needed:.0f} viewing directions, more "
+                                           f"than the finest Lebedev rule ({most}); ab initio search reaches "
+                                           f"{box * apix / r:.1f} Å at {box} px and {apix:g} Å/pixel (refine "
+                                           "further with a local search)")
+
+
 def band_schedule(settings: Settings, box: int, pixel_size: float, n_steps: int) -> list[tuple[int, float]]:
     """``[(first_step, band_limit), ...]``: the marching stages."""
     target = settings.resolution or box * pixel_size / (0.25 * box / 2)
@@ -218,6 +239,7 @@ def initial_density(box: int, dataset: Dataset, settings: Settings) -> torch.Ten
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # the output folder appears with the first checkpoint
     tmp = path.with_name(path.name + ".part")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -249,6 +271,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     t_start = time.time()
     torch.manual_seed(settings.seed)
     box, apix = particles.box, particles.pixel_size
+    check_resolution(settings, particles)
     dataset = load_dataset(particles, settings)
     probe = make_optimizer(settings.optimizer, 1.0)
     batch = settings.batch_size or probe.batch_size
