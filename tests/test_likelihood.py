@@ -151,3 +151,24 @@ def test_default_budget_follows_the_memory_available():
     assert available is not None and available > 0  # Linux: /proc/meminfo (and any cgroup limit)
     kern, *_ = tiny_problem(memory_budget=None)
     assert kern.memory_budget == pytest.approx(max(256 << 20, available // 4), rel=0.1)
+
+
+def test_precision_follows_the_device():
+    from cryosgd.io import InputError
+    from cryosgd.reconstruct import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == (torch.float32, False)  # no TF32 on a CPU
+    assert resolve_precision("float64", cpu) == (torch.float64, False)
+    with pytest.raises(InputError, match="compute capability"):
+        resolve_precision("tf32", cpu)
+
+
+def test_tf32_products_are_scoped_to_the_kernel():
+    from cryosgd.inference.likelihood import _tf32_products
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    with _tf32_products(True):
+        assert matmul.fp32_precision == "tf32"
+    assert matmul.fp32_precision == before

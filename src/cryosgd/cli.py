@@ -92,7 +92,7 @@ def _settings_from(args, **overrides):
     base = Settings.paper if getattr(args, "paper", False) else Settings
     kw = dict(epochs=args.epochs, resolution=args.resolution, seed=args.seed, max_shift=args.max_shift,
               learning_rate=args.learning_rate, test_size=args.test_size, device=args.device,
-              checkpoint_every=args.checkpoint_every)
+              precision=args.precision, checkpoint_every=args.checkpoint_every)
     if args.particle_diameter:
         kw["particle_diameter"] = args.particle_diameter
     if getattr(args, "no_marching", False):
@@ -297,6 +297,9 @@ def _add_run_options(p, *, epochs=1.0) -> None:
     p.add_argument("--no-centring", action="store_true")
     p.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints (default 60)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when present; default)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "tf32", "float64"],
+                   help="the kernel's arithmetic: auto (default) is float32, with TF32 score products on GPUs "
+                        "that have them (compute capability 8.0+); float64 for checks")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (default 1); "
                                                        "for several machines use torchrun")
 

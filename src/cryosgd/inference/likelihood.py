@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,22 @@ def default_memory_budget(device) -> int:
     return max(256 << 20, available // 4) if available is not None else 1 << 30
 
 
+@contextmanager
+def _tf32_products(enabled: bool):
+    """CUDA float32 matrix products with TF32 inputs inside the block (the setting is restored after)."""
+    if not enabled:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    key, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    old = getattr(matmul, key)
+    setattr(matmul, key, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, key, old)
+
+
 def _pad_columns(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     """``x`` with zero columns appended up to a multiple of ``multiple``: products whose inner or
     outer size is a multiple of the vector width run up to a third faster, and zeros change nothing."""
@@ -122,6 +139,8 @@ class MarginalLikelihood:
     rotations:    a :class:`RotationSet`.
     shifts:       ``(S, 2)`` origin offsets (pixels) and ``shift_weights`` ``(S,)`` summing to 1.
     noise_std:    sigma per pixel (1 for normalised images).
+    tf32:         on CUDA, TF32 inputs (float32 accumulation) for the products (see
+                  :func:`cryosgd.reconstruct.resolve_precision`); ignored elsewhere.
     memory_budget: bytes for the score matrix; sets the rotation chunk.  ``None``: a quarter of the
                   memory available to the process on CPU (at least 256 MiB), half the free memory
                   on a GPU; a given budget is also capped at half the free memory of a GPU.
@@ -129,11 +148,13 @@ class MarginalLikelihood:
 
     def __init__(self, box: int, pixel_size: float, band_limit: float, rotations: RotationSet,
                  shifts=None, shift_weights=None, *, noise_std: float = 1.0, oversampling: int = 2,
-                 kernel: str = "trilinear", dtype=torch.float32, device=None, memory_budget: int | None = None):
+                 kernel: str = "trilinear", dtype=torch.float32, device=None, memory_budget: int | None = None,
+                 tf32: bool = False):
         self.box, self.pixel_size, self.band_limit = box, pixel_size, band_limit
         self.dtype, self.device = dtype, torch.device(device or "cpu")
         self.cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         self.noise_std = float(noise_std)
+        self.tf32 = bool(tf32) and self.device.type == "cuda" and dtype == torch.float32
         self.rotations = rotations
         if shifts is None:
             shifts, shift_weights = np.zeros((1, 2)), np.ones(1)
@@ -267,7 +288,8 @@ class MarginalLikelihood:
         """
         while True:
             try:
-                return self._evaluate(volume, batch, gradient, poses)
+                with _tf32_products(self.tf32):
+                    return self._evaluate(volume, batch, gradient, poses)
             except torch.OutOfMemoryError:
                 if self.chunk == 1:
                     raise
