@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ def main() -> None:
     paths, _ = simulate_dataset(DEMO, out / "data", n=args.n, box=64, pixel_size=3.0, snr=0.05, seed=3)
     for nproc in (int(x) for x in args.nproc.split(",")):
         run = out / f"np{nproc}"
+        shutil.rmtree(run, ignore_errors=True)  # a fresh run each time, never a resumed one
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "cryosgd", "reconstruct", str(paths.particles), "-o", str(run),
                                "--epochs", str(args.epochs), "--resolution", "20", "--learning-rate", "0.3",
