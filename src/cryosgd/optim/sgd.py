@@ -57,6 +57,10 @@ def sgd(learning_rate: float | Schedule) -> Optimizer:
     return Optimizer(init, update)
 
 
+def _momentum_init(params: Tensor) -> MomentumState:
+    return MomentumState(count=0, velocity=torch.zeros_like(params))
+
+
 def classical_momentum(learning_rate: float | Schedule,
                        momentum: float | Schedule = sutskever_momentum) -> Optimizer:
     """SGD with classical (heavy-ball) momentum.
@@ -68,15 +72,12 @@ def classical_momentum(learning_rate: float | Schedule,
     lr = as_schedule(learning_rate, annealed=True)
     mu = as_schedule(momentum, annealed=False)
 
-    def init(params: Tensor) -> MomentumState:
-        return MomentumState(count=0, velocity=torch.zeros_like(params))
-
     def update(grad, state, params, *, value=None, grad_fn=None, hvp_fn=None):
         t = state.count
         velocity = mu(t) * state.velocity - lr(t) * grad
         return params + velocity, MomentumState(count=t + 1, velocity=velocity), 0
 
-    return Optimizer(init, update)
+    return Optimizer(_momentum_init, update)
 
 
 def nesterov(learning_rate: float | Schedule,
@@ -88,9 +89,6 @@ def nesterov(learning_rate: float | Schedule,
     lr = as_schedule(learning_rate, annealed=True)
     mu = as_schedule(momentum, annealed=False)
 
-    def init(params: Tensor) -> MomentumState:
-        return MomentumState(count=0, velocity=torch.zeros_like(params))
-
     def update(grad, state, params, *, value=None, grad_fn=None, hvp_fn=None):
         t = state.count
         step = lr(t) * grad
@@ -98,4 +96,4 @@ def nesterov(learning_rate: float | Schedule,
         new_params = params - step + mu(t + 1) * velocity
         return new_params, MomentumState(count=t + 1, velocity=velocity), 0
 
-    return Optimizer(init, update)
+    return Optimizer(_momentum_init, update)
