@@ -1,4 +1,5 @@
 """Data parallelism on torch.distributed (gloo): same map as one process; a dead rank is survivable."""
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +44,10 @@ def test_two_processes_give_the_same_map_as_one(small_set, tmp_path):
     print("FSC 1 vs 2 processes:", np.round(curve, 4))
     assert curve[1:].min() >= 0.99
     assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()
+    # the run reports its memory: the peak holds at least the slicing operator, and a rotation chunk
+    summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert 0 < summary["slicing_operator_bytes"] < summary["peak_memory_bytes"]
+    assert summary["rotation_chunk"] > 0
 
 
 def test_a_killed_rank_ends_the_run_cleanly_and_it_resumes_with_another_count(small_set, tmp_path):

@@ -40,6 +40,7 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
         "wall_seconds": rec.wall_time, "final_test_nll": last[-1]["test_nll"] if last else None,
         "pixel_size": apix, "box": particles.box, "particles": len(particles),
         "peak_memory_bytes": rec.peak_memory, "rotation_chunk": rec.chunk,
+        "slicing_operator_bytes": rec.operator_bytes,
     }
     sections = [("Run", "\n".join(f"- {k}: {v}" for k, v in summary.items())),
                 ("Held-out negative log-likelihood", "![test NLL](nll.png)"),

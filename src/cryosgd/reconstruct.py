@@ -142,6 +142,7 @@ class Reconstruction:
     kernel_seconds: float = 0.0
     chunk: int = 0
     peak_memory: int = 0                    # bytes: the process's peak resident memory
+    operator_bytes: int = 0                 # bytes: the final kernel's slicing operator and its transpose
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -416,9 +417,10 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     prefetch.close()
     snapshots_np = {k: v.cpu().numpy() for k, v in snapshots.items()}
     snapshots_np["final"] = volume.cpu().numpy()
+    final_kernel = kernel_for(band_at(max(step - 1, 0)))
     return Reconstruction(volume.cpu().numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
-                          dataset.noise_std, time.time() - t_start, kernel_seconds,
-                          kernel_for(band_at(max(step - 1, 0))).chunk, peak_rss_bytes())
+                          dataset.noise_std, time.time() - t_start, kernel_seconds, final_kernel.chunk,
+                          peak_rss_bytes(), final_kernel.operator_bytes)
 
 
 def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:

@@ -180,6 +180,9 @@ class MarginalLikelihood:
         coords = slice_coordinates(torch.as_tensor(rotations.base), freqs_t) * oversampling
         idx, w = interpolation_taps(coords, self.band.size, kernel)
         self.slice_op, self.slice_op_t = _slicing_matrices(idx, w.to(dtype), self.band.size**3, self.device)
+        # the operator and its transpose: values and 32-bit column indices, one entry per tap;
+        # grows as the fifth power of the band limit (rotations ~ r^3 times points ~ r^2)
+        self.operator_bytes = 2 * idx.numel() * (4 + torch.finfo(dtype).bits // 8)
         self.memory_budget = default_memory_budget(self.device) if memory_budget is None else int(memory_budget)
         if self.device.type == "cuda":  # the score matrix may use half of the free device memory
             self.memory_budget = min(self.memory_budget, torch.cuda.mem_get_info(self.device)[0] // 2)
