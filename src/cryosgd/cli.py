@@ -118,6 +118,7 @@ def _run_one(particles, outdir: Path, settings, *, reference=None, reference_nam
     def progress(done, total, row):
         if not bars:
             bars.append(tqdm(desc=label or settings.optimizer, unit="step", file=sys.stderr, dynamic_ncols=True,
+                             total=total, initial=done,  # the rate and ETA count from here (also on resume)
                              disable=os.environ.get("CRYOSGD_QUIET") == "1" or not parallel.is_main()))
         bar = bars[0]
         bar.total = total
