@@ -12,8 +12,9 @@ and the ratio of the kernel's achieved dense matrix-product rate (its score prod
 backward, and the band transform of the volume and its adjoint) to that peak; ``ratio_score_products``
 counts the score products alone.  Kernel and peak use the same statistic: the headline figures
 are each one's best observed time (like ``timeit``: on a shared machine other work only ever adds
-time); the ``*_median`` keys give medians of both.  With --json: one JSON object per line, one per setting, with the keys
-setting, images_per_s, epoch_50k_s, matmul_gflops and ratio (and a few descriptive extras).
+time); the ``*_median`` keys give medians of both.  With --json: one JSON object per line, one per
+setting, with the keys setting, images_per_s, epoch_50k_s, matmul_gflops and ratio (and a few
+descriptive extras).
 """
 from __future__ import annotations
 

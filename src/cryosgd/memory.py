@@ -51,8 +51,9 @@ def available_bytes() -> int | None:
                     candidates.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    cgroups = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),                   # v2
+               ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))  # v1
+    for limit, usage in cgroups:
         lim, used = _read_int(limit), _read_int(usage)
         if lim is not None and used is not None and lim < 1 << 60:
             candidates.append(max(0, lim - used))

@@ -301,7 +301,8 @@ class MarginalLikelihood:
                     torch.cuda.empty_cache()
                 warnings.warn(f"out of device memory: rotation chunk reduced to {self.chunk}", stacklevel=2)
 
-    def _evaluate(self, volume: torch.Tensor, batch: LikelihoodBatch, gradient: bool, poses: bool) -> LikelihoodResult:
+    def _evaluate(self, volume: torch.Tensor, batch: LikelihoodBatch, gradient: bool,
+                  poses: bool) -> LikelihoodResult:
         y = self.slices_pairs(volume)                                                      # (Mb, P, 2)
         b, mb, s, p = len(batch), y.shape[0], len(self.shifts), self.n_points
         inv2 = 1.0 / self.noise_std**2
@@ -327,12 +328,12 @@ class MarginalLikelihood:
                 best_idx[sel, 0], best_idx[sel, 1], best_idx[sel, 2] = col[sel] // s, col[sel] % s, row + start
                 best_val = torch.where(better, cmax, best_val)
             new_m = torch.maximum(m, cmax)
-            per_image = sc.view(stop - start, b, 8 * s)
             if keep:
                 sc.sub_(new_m.repeat_interleave(8 * s)[None, :]).exp_()
                 z = z * torch.exp(m - new_m) + sc.sum(0).view(b, -1).sum(1)
                 stored = sc
             else:
+                per_image = sc.view(stop - start, b, 8 * s)
                 z = z * torch.exp(m - new_m) + torch.exp(per_image - new_m[None, :, None]).sum((0, 2))
             m = new_m
         lse = m + torch.log(z)
