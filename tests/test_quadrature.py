@@ -16,6 +16,7 @@ from cryosgd.inference.quadrature import (
     band_limit_to_resolution,
     choose_quadrature,
     directions_for_step,
+    finest_band_limit,
     lebedev_directions,
     lebedev_order_for_step,
     resolution_to_band_limit,
@@ -274,3 +275,10 @@ def test_band_limit_conversions():
     assert resolution_to_band_limit(5.6, 128, 2.8) == pytest.approx(64.0)
     assert resolution_to_band_limit(35.0, 128, 2.8) == pytest.approx(10.24)
     assert band_limit_to_resolution(10.24, 128, 2.8) == pytest.approx(35.0)
+
+
+def test_finest_band_limit_is_where_the_largest_rule_runs_out():
+    r = finest_band_limit()
+    assert lebedev_order_for_step(angular_step(0.999 * r)) == available_lebedev_orders()[-1]
+    with pytest.raises(ValueError, match="largest Lebedev rule"):
+        lebedev_order_for_step(angular_step(1.001 * r))

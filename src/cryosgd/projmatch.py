@@ -52,7 +52,7 @@ from .inference.likelihood import half_plane_frequencies
 from .inference.quadrature import angular_step, choose_quadrature, lebedev_directions, lebedev_order_for_step
 from .inference.rotation_set import build_rotation_set, half_plane_permutations
 from .io import InputError, ParticleSet
-from .reconstruct import Settings, initial_density, load_dataset, soft_mask
+from .reconstruct import Settings, initial_density, load_dataset, soft_mask, target_resolution
 
 __all__ = [
     "ProjMatchResult", "ProjectionMatcher", "projection_matching", "reconstruct_band_limited",
@@ -263,7 +263,7 @@ def projection_matching(particles: ParticleSet, *, iterations: int = 5, init=Non
                         test_size=min(100, max(0, n - 10)))
     dataset = load_dataset(particles, settings)
     box, apix = particles.box, particles.pixel_size
-    target = resolution or box * apix / (0.25 * box / 2)
+    target = target_resolution(resolution, box, apix)
     band = box * apix / target
     if not 1.0 <= band <= box / 2:
         raise InputError(particles.source, f"resolution {target:g} Å is outside the box's range "

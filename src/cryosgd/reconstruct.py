@@ -38,7 +38,8 @@ from .inference.noise import estimate_noise_std
 from .inference.objective import Objective
 from .inference.prior import DensityPrior
 from .inference.quadrature import (LEBEDEV_POINTS, angular_step, available_lebedev_orders, choose_quadrature,
-                                   directions_for_step, lebedev_directions, lebedev_order_for_step)
+                                   directions_for_step, finest_band_limit, lebedev_directions,
+                                   lebedev_order_for_step)
 from .inference.rotation_set import build_rotation_set
 from . import parallel
 from .io import InputError, ParticleSet
@@ -170,29 +171,30 @@ def centre_density(volume: torch.Tensor) -> torch.Tensor:
     return torch.roll(volume, shifts=shift, dims=(0, 1, 2)) if any(shift) else volume
 
 
+def target_resolution(resolution: float | None, box: int, pixel_size: float) -> float:
+    """The target resolution in Å: the one asked for, or 25% of Nyquist."""
+    return resolution or box * pixel_size / (0.25 * box / 2)
+
+
 def check_resolution(settings: Settings, particles: ParticleSet) -> None:
     """The target resolution must lie above Nyquist and within reach of the finest quadrature rule."""
     box, apix = particles.box, particles.pixel_size
-    target = settings.resolution or box * apix / (0.25 * box / 2)
+    target = target_resolution(settings.resolution, box, apix)
     if not target >= 2 * apix:
         raise InputError(particles.source, f"--resolution {target:g} Å is finer than Nyquist ({2 * apix:g} Å at "
                                            f"{apix:g} Å/pixel)")
-    most = LEBEDEV_POINTS[available_lebedev_orders()[-1]]
-    needed = directions_for_step(angular_step(box * apix / target))
-    if needed > most:
-        # the finest band limit whose angular step the largest rule still covers
-        r = box * apix / target
-        while r > 1 and directions_for_step(angular_step(r)) > most:
-            r *= 0.99
+    if box * apix / target > finest_band_limit():
+        needed = directions_for_step(angular_step(box * apix / target))
+        most = LEBEDEV_POINTS[available_lebedev_orders()[-1]]
         raise InputError(particles.source, f"--resolution {target:g} Å needs {needed:.0f} viewing directions, more "
                                            f"than the finest Lebedev rule ({most}); ab initio search reaches "
-                                           f"{box * apix / r:.1f} Å at {box} px and {apix:g} Å/pixel (refine "
-                                           "further with a local search)")
+                                           f"{box * apix / finest_band_limit():.1f} Å at {box} px and {apix:g} "
+                                           "Å/pixel (refine further with a local search)")
 
 
 def band_schedule(settings: Settings, box: int, pixel_size: float, n_steps: int) -> list[tuple[int, float]]:
     """``[(first_step, band_limit), ...]``: the marching stages."""
-    target = settings.resolution or box * pixel_size / (0.25 * box / 2)
+    target = target_resolution(settings.resolution, box, pixel_size)
     r_final = box * pixel_size / target
     stages = max(1, settings.marching_stages)
     if stages == 1:
@@ -203,7 +205,7 @@ def band_schedule(settings: Settings, box: int, pixel_size: float, n_steps: int)
     out = []
     for i in range(stages):
         r = r0 + (r_final - r0) * i / (stages - 1)
-        out.append((int(round(half * i / (stages - 1))) if stages > 1 else 0, r))
+        out.append((int(round(half * i / (stages - 1))), r))
     return out
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "lebedev_directions",
     "available_lebedev_orders",
     "lebedev_order_for_step",
+    "finest_band_limit",
     "directions_for_step",
     "so3_quadrature",
     "shift_grid",
@@ -147,6 +148,15 @@ def lebedev_directions(order: int) -> tuple[np.ndarray, np.ndarray]:
 def directions_for_step(angular_step: float) -> float:
     """Directions needed on the sphere for a spacing of ``angular_step`` radians: ``(3.6 / step)**2``."""
     return (_SPIRAL_SPACING / angular_step) ** 2
+
+
+def finest_band_limit() -> float:
+    """The largest band limit (Fourier pixels) whose angular step the largest Lebedev rule covers.
+
+    Inverts :func:`directions_for_step` at the largest rule's size and :func:`angular_step`.
+    """
+    most = LEBEDEV_POINTS[available_lebedev_orders()[-1]]
+    return 1.0 / math.tan(_SPIRAL_SPACING / math.sqrt(most))
 
 
 def lebedev_order_for_step(angular_step: float) -> int:
