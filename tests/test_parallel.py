@@ -53,7 +53,7 @@ def test_two_processes_give_the_same_map_as_one(small_set, tmp_path):
 def test_a_killed_rank_ends_the_run_cleanly_and_it_resumes_with_another_count(small_set, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cryosgd", "reconstruct", str(small_set.particles), "-o", str(out), "--epochs",
-           "1.5", "--resolution", "24", "--nproc", "2", "--checkpoint-every", "0", "--device", "cpu"]
+           "6", "--resolution", "24", "--nproc", "2", "--checkpoint-every", "0", "--device", "cpu"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpt = out / "checkpoint.pt"
     deadline = time.time() + 600
@@ -72,7 +72,7 @@ def test_a_killed_rank_ends_the_run_cleanly_and_it_resumes_with_another_count(sm
     assert "Traceback" not in err
     state = torch.load(ckpt, weights_only=False)  # intact, readable
     assert state["step"] >= 1
-    resumed = run_cli("reconstruct", small_set.particles, "-o", out, "--epochs", "1.5", "--resolution", "24",
+    resumed = run_cli("reconstruct", small_set.particles, "-o", out, "--epochs", "6", "--resolution", "24",
                       "--nproc", "1", "--checkpoint-every", "0", "--device", "cpu")
     assert resumed.returncode == 0, resumed.stderr
     final = torch.load(ckpt, weights_only=False)
