@@ -23,11 +23,15 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _quiet() -> bool:
+    """No progress bars: asked for (``CRYOSGD_QUIET=1``), or not the first process of a distributed run."""
+    return os.environ.get("CRYOSGD_QUIET") == "1" or not parallel.is_main()
+
+
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
-                disable=os.environ.get("CRYOSGD_QUIET") == "1" or not parallel.is_main())
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, disable=_quiet())
 
 
 def _cmd_simulate(args) -> None:
@@ -119,7 +123,7 @@ def _run_one(particles, outdir: Path, settings, *, reference=None, reference_nam
         if not bars:
             bars.append(tqdm(desc=label or settings.optimizer, unit="step", file=sys.stderr, dynamic_ncols=True,
                              total=total, initial=done,  # the rate and ETA count from here (also on resume)
-                             disable=os.environ.get("CRYOSGD_QUIET") == "1" or not parallel.is_main()))
+                             disable=_quiet()))
         bar = bars[0]
         bar.total = total
         bar.n = done
@@ -259,7 +263,7 @@ def _cmd_projmatch(args) -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=args.iterations, desc="projmatch", unit="it", file=sys.stderr, dynamic_ncols=True,
-               disable=os.environ.get("CRYOSGD_QUIET") == "1")
+               disable=_quiet())
 
     def progress(done, total, row):
         bar.update(1)
@@ -389,20 +393,8 @@ def _run_spawned(argv: list, nproc: int) -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    rest = []
-    skip = False
-    for a in argv:  # drop --nproc N / --nproc=N
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        rest.append(a)
-    try:
-        mp.spawn(_spawned, args=(rest, nproc, port), nprocs=nproc, join=True)
+    try:  # each process sees WORLD_SIZE > 1, so its own --nproc does not spawn again
+        mp.spawn(_spawned, args=(argv, nproc, port), nprocs=nproc, join=True)
     except mp.ProcessExitedException as err:
         print(f"cryosgd: error: process {err.error_index} of {nproc} exited with code {err.exit_code}; "
               "the last checkpoint is intact: run the same command again to resume", file=sys.stderr)
