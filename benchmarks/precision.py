@@ -59,10 +59,9 @@ def main() -> None:
         settings = Settings(resolution=args.resolution, test_size=100)
         dataset = load_dataset(particles, settings)
         r = BOX * APIX / args.resolution
-        kern64 = likelihood.MarginalLikelihood  # the float64 reference shares the quadrature
         k32 = build_kernel(r, BOX, APIX, settings)
-        k64 = kern64(BOX, APIX, r, k32.rotations, k32.shifts, np.exp(k32.log_shift_weights.double().numpy()),
-                     dtype=torch.float64)
+        k64 = likelihood.MarginalLikelihood(BOX, APIX, r, k32.rotations, k32.shifts,  # the same quadrature
+                                            np.exp(k32.log_shift_weights.double().numpy()), dtype=torch.float64)
         idx = [np.sort(dataset.train[i * 100:(i + 1) * 100]) for i in range(2)]
         batches = [(k32.prepare(dataset.images(i), particles.ctf[i]), k64.prepare(dataset.images(i), particles.ctf[i]))
                    for i in idx]

@@ -38,6 +38,7 @@ from machine import cpu_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BOX, APIX = 64, 4.5
+DIAMETER = 0.9 * BOX * APIX  # Å, RELION's --particle_diameter
 
 
 def make_data(out: Path, n: int, snr: float) -> Path:
@@ -86,7 +87,7 @@ def run_relion(star: Path, out: Path, truth, iters, write: int, minutes: float, 
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("run_*"):
         old.unlink()
-    cmd = relion_command(star, out, iters, write, 0.9 * BOX * APIX, threads)
+    cmd = relion_command(star, out, iters, write, DIAMETER, threads)
     t0 = time.time()
     (out / "started.txt").write_text(f"{t0}\n")
     with open(out / "stdout.txt", "w") as log:
@@ -158,7 +159,7 @@ def main() -> None:
             results["relion"] = {"wall_s": curve[-1]["seconds"], "finished": curve[-1]["iteration"] == sum(iters),
                                  "curve": curve,
                                  "command": " ".join(relion_command(star, folder, iters, args.relion_write,
-                                                                    0.9 * BOX * APIX, 2))}
+                                                                    DIAMETER, 2))}
         else:
             results["relion"] = run_relion(star, out / "relion", truth, iters, args.relion_write,
                                            args.relion_minutes)
