@@ -28,9 +28,8 @@ import torch
 
 from cryosgd.forward.ctf import CTFParams
 from cryosgd.inference.likelihood import MarginalLikelihood
-from cryosgd.inference.quadrature import (angular_step, band_limit_pixels, choose_quadrature, lebedev_directions,
-                                          lebedev_order_for_step)
-from cryosgd.inference.rotation_set import build_rotation_set
+from cryosgd.inference.quadrature import band_limit_pixels
+from cryosgd.reconstruct import Settings, build_kernel
 
 BOX, BATCH = 128, 100
 SETTINGS = {"synthetic": (0.10, 0.0), "real": (0.16, 8.0)}
@@ -77,12 +76,8 @@ def kernel_flops(kern: MarginalLikelihood, batch: int) -> tuple[float, float]:
 def measure(name: str, device, repeats: int | None, memory_budget: int | None) -> dict:
     fraction, max_shift = SETTINGS[name]
     r = band_limit_pixels(BOX, fraction)
-    q = choose_quadrature(r, BOX, max_shift=max_shift)
-    d, w = lebedev_directions(lebedev_order_for_step(angular_step(r)))
-    rs = build_rotation_set(d, w, q.n_inplane)
-    t0 = time.perf_counter()
-    kern = MarginalLikelihood(BOX, 2.0, r, rs, q.shifts, q.shift_weights, device=device,
-                              memory_budget=memory_budget)
+    t0 = time.perf_counter()  # the kernel as reconstruct builds it (quadrature from the band limit)
+    kern = build_kernel(r, BOX, 2.0, Settings(max_shift=max_shift, memory_budget=memory_budget, device=str(device)))
     build = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     vol = torch.randn(BOX, BOX, BOX) * 0.01
@@ -118,7 +113,7 @@ def measure(name: str, device, repeats: int | None, memory_budget: int | None) -
             "seconds_per_batch": round(dt, 4), "images_per_s_median": round(BATCH / dt_median, 1),
             "matmul_gflops_median": round(peak_median, 1),
             "ratio_median": round(flops / dt_median / 1e9 / peak_median, 3),
-            "rotations": 8 * len(rs.base), "shifts": len(q.shifts), "points": kern.n_points,
+            "rotations": 8 * len(kern.rotations.base), "shifts": len(kern.shifts), "points": kern.n_points,
             "band_limit_px": r, "chunk": kern.chunk, "build_s": round(build, 2), "device": str(device),
             "memory_budget_gib": round(kern.memory_budget / 2**30, 2),
             "threads": torch.get_num_threads()}
