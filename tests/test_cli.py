@@ -1,8 +1,10 @@
 """The command line as a user meets it: bad input ends with one line, exit 2, no traceback, no output."""
+import json
 import os
 import subprocess
 import sys
 import warnings
+from importlib.metadata import version
 
 import mrcfile
 import numpy as np
@@ -10,6 +12,7 @@ import pandas as pd
 import pytest
 import starfile
 
+from cryosgd.evaluate import fsc
 from cryosgd.io import read_map
 
 ENV = {**os.environ, "CRYOSGD_QUIET": "1"}
@@ -113,20 +116,14 @@ def test_simulate_from_model_with_cryosparc_ctfs_then_backproject(tmp_path, shar
     assert cryosgd("backproject", out / "truth.star", "-o", tmp_path / "bp.mrc").returncode == 0
     rec, apix2 = read_map(tmp_path / "bp.mrc")
     assert apix2 == pytest.approx(4.0)
-    from cryosgd.evaluate import fsc
-
     curve = fsc(rec, truth)
     assert curve[1:13].min() > 0.9, np.round(curve, 3)
     proc = cryosgd("fsc", tmp_path / "bp.mrc", out / "truth.mrc", "--json")
-    import json
-
     report = json.loads(proc.stdout)
     assert report["resolution_0.143"] < 12.0
 
 
 def test_version_is_the_installed_distribution():
-    from importlib.metadata import version
-
     proc = cryosgd("--version")
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"cryosgd {version('cryosgd')}"

@@ -7,11 +7,14 @@ import torch
 
 from cryosgd.forward.ctf import CTFParams
 from cryosgd.forward.slicing import extract_central_slices
-from cryosgd.inference.likelihood import MarginalLikelihood, half_plane_frequencies
+from cryosgd.inference.likelihood import MarginalLikelihood, _tf32_products, half_plane_frequencies
 from cryosgd.inference.objective import Objective
 from cryosgd.inference.prior import DensityPrior
 from cryosgd.inference.quadrature import lebedev_directions
 from cryosgd.inference.rotation_set import VARIANT_MATRICES, build_rotation_set
+from cryosgd.io import InputError
+from cryosgd.memory import available_bytes
+from cryosgd.reconstruct import resolve_precision
 
 SIGMA = 1.3
 
@@ -145,8 +148,6 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_result():
 
 
 def test_default_budget_follows_the_memory_available():
-    from cryosgd.memory import available_bytes
-
     available = available_bytes()
     assert available is not None and available > 0  # Linux: /proc/meminfo (and any cgroup limit)
     kern, *_ = tiny_problem(memory_budget=None)
@@ -154,9 +155,6 @@ def test_default_budget_follows_the_memory_available():
 
 
 def test_precision_follows_the_device():
-    from cryosgd.io import InputError
-    from cryosgd.reconstruct import resolve_precision
-
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == (torch.float32, False)  # no TF32 on a CPU
     assert resolve_precision("float64", cpu) == (torch.float64, False)
@@ -165,8 +163,6 @@ def test_precision_follows_the_device():
 
 
 def test_tf32_products_are_scoped_to_the_kernel():
-    from cryosgd.inference.likelihood import _tf32_products
-
     matmul = torch.backends.cuda.matmul
     before = matmul.fp32_precision
     with _tf32_products(True):
