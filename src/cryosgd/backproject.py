@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .fourier import fft2c, frequency_grid_2d, ifft3c, shell_index
+from .fourier import fft2c, frequency_grid_2d, ifft3c, shell_index, soft_mask
 from .forward.ctf import CTFParams, compute_ctf
 from .forward.interp import grid_correction, interpolation_taps
 from .forward.shift import shift_spectra
@@ -88,15 +88,8 @@ class BackProjector:
         vol = padded[lo:lo + n, lo:lo + n, lo:lo + n]
         vol = vol / grid_correction(n, size, self.kernel, dtype=vol.dtype).to(vol.device)
         # the corners hold only noise, which the grid correction amplifies: a soft sphere of radius N/2
-        return vol * _sphere(n, n / 2 - 3, 3.0, vol.dtype).to(vol.device)
+        return vol * soft_mask(n, n / 2 - 3, 3.0, dtype=vol.dtype, device=vol.device)
 
-
-def _sphere(n: int, radius: float, width: float, dtype) -> torch.Tensor:
-    """``(n,)*3``: 1 inside ``radius`` pixels, a raised-cosine edge ``width`` wide, 0 beyond."""
-    c = torch.arange(n, dtype=dtype) - n // 2
-    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
-    t = ((torch.sqrt(x**2 + y**2 + z**2) - radius) / width).clamp(0, 1)
-    return 0.5 * (1 + torch.cos(torch.pi * t))
 
 
 def backproject(batches: Iterable, box: int, pixel_size: float, *, noise_std: float = 1.0,

@@ -18,7 +18,7 @@ import torch
 
 __all__ = [
     "fft2c", "ifft2c", "fft3c", "ifft3c", "fft3c_adjoint",
-    "frequencies", "frequency_grid_2d", "radius_grid", "shell_index",
+    "frequencies", "frequency_grid_2d", "radius_grid", "shell_index", "soft_mask",
 ]
 
 
@@ -71,6 +71,12 @@ def radius_grid(n: int, ndim: int, *, dtype=torch.float64, device=None) -> torch
     k = frequencies(n, dtype=dtype, device=device)
     grids = torch.meshgrid(*([k] * ndim), indexing="ij")
     return torch.sqrt(sum(g**2 for g in grids))
+
+
+def soft_mask(n: int, radius: float, width: float = 3.0, *, dtype=torch.float64, device=None) -> torch.Tensor:
+    """``(n,)*3`` spherical mask: 1 inside ``radius`` pixels, a raised-cosine edge ``width`` wide, 0 beyond."""
+    t = ((radius_grid(n, 3, dtype=dtype, device=device) - radius) / width).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(torch.pi * t))
 
 
 def shell_index(n: int, ndim: int, *, device=None) -> torch.Tensor:

@@ -46,13 +46,13 @@ from .backproject import BackProjector
 from .forward.ctf import compute_ctf
 from .forward.shift import phase_shifts
 from .forward.slicing import extract_central_slices
-from .fourier import fft2c, fft3c, ifft2c, ifft3c, radius_grid
+from .fourier import fft2c, fft3c, ifft2c, ifft3c, radius_grid, soft_mask
 from .inference.bandvolume import BandTransform
 from .inference.likelihood import half_plane_frequencies
 from .inference.quadrature import angular_step, choose_quadrature, lebedev_directions, lebedev_order_for_step
 from .inference.rotation_set import build_rotation_set, half_plane_permutations
 from .io import InputError, ParticleSet
-from .reconstruct import Settings, initial_density, load_dataset, soft_mask, target_resolution
+from .reconstruct import Settings, initial_density, load_dataset, target_resolution
 
 __all__ = [
     "ProjMatchResult", "ProjectionMatcher", "projection_matching", "reconstruct_band_limited",

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .forward.density import random_spheres
+from .fourier import soft_mask
 from .inference.likelihood import MarginalLikelihood
 from .inference.noise import estimate_noise_std
 from .inference.objective import Objective
@@ -147,15 +148,6 @@ class Reconstruction:
 
 
 # ---------------------------------------------------------------------------- pieces
-
-
-def soft_mask(box: int, radius: float, width: float = 3.0) -> torch.Tensor:
-    """``(box,)*3`` spherical mask: 1 inside ``radius`` pixels, raised-cosine edge of ``width``."""
-    c = torch.arange(box, dtype=torch.float64) - box // 2
-    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
-    r = torch.sqrt(x**2 + y**2 + z**2)
-    edge = 0.5 * (1 + torch.cos(math.pi * (r - radius) / width))
-    return torch.where(r <= radius, torch.ones_like(r), torch.where(r >= radius + width, torch.zeros_like(r), edge))
 
 
 def centre_density(volume: torch.Tensor) -> torch.Tensor:
