@@ -360,19 +360,18 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     def band_at(s):
         return [r for first, r in schedule if first <= s][-1]
 
-    def load(s):
-        local = parallel.shard(batch_indices(s))
-        return dataset.images(local)
+    def load(idx):
+        return dataset.images(parallel.shard(idx))
 
-    prefetch = Prefetcher(load, range(step, n_steps))
+    # keys are the minibatches' indices, drawn once per step
+    prefetch = Prefetcher(load, (batch_indices(s) for s in range(step, n_steps)))
     batches = iter(prefetch)
     while step < n_steps:
         r = band_at(step)
         kern = kernel_for(r)
         objective = Objective(kern, prior, n_train)
-        idx = batch_indices(step)
+        idx, images = next(batches)
         local = parallel.shard(idx)
-        _, images = next(batches)
         mb = kern.prepare(images, dataset.particles.ctf[local])
         t0 = time.time()
         out = objective(volume, mb, total=len(idx))
