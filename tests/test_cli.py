@@ -13,7 +13,7 @@ import pytest
 import starfile
 
 from cryosgd.evaluate import fsc
-from cryosgd.io import read_map
+from cryosgd.io import load_particles, read_map
 
 ENV = {**os.environ, "CRYOSGD_QUIET": "1"}
 
@@ -104,12 +104,30 @@ def test_unknown_optimiser_is_refused_by_the_parser(tmp_path):
     assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_simulate_from_model_with_cryosparc_ctfs_then_backproject(tmp_path, shared_data):
-    """simulate -> backproject (with the true poses) recovers the truth: FSC > 0.9 to half Nyquist."""
+def write_cryosparc_ctf_table(path, star):
+    """A cryoSPARC ``.cs`` CTF table (fields as cryoSPARC writes them) holding the rows of a RELION STAR table."""
+    with pytest.warns(UserWarning, match="no amplitude contrast"):
+        table = load_particles(star, require_images=False).ctf
+    fields = [("uid", "<u8"), ("blob/psize_A", "<f4"), ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"),
+              ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"),
+              ("ctf/phase_shift_rad", "<f4")]
+    records = np.zeros(len(table.defocus_u), dtype=fields)
+    records["uid"] = np.arange(len(records))
+    records["blob/psize_A"] = 1.345  # the table's 14 µm detector pixel at 104,089x
+    records["ctf/accel_kv"], records["ctf/cs_mm"] = table.voltage, table.cs
+    records["ctf/amp_contrast"] = 0.07
+    records["ctf/df1_A"], records["ctf/df2_A"] = table.defocus_u, table.defocus_v
+    records["ctf/df_angle_rad"] = table.defocus_angle
+    with open(path, "wb") as fh:  # np.save would add ".npy" to the name
+        np.save(fh, records)
+
+
+def test_simulate_from_model_with_cryosparc_ctfs_then_backproject(tmp_path, test_data):
+    """simulate (mmCIF model, CTFs from a .cs table) -> backproject with the true poses recovers the truth."""
     out = tmp_path / "sim"
-    proc = cryosgd("simulate", shared_data / "model_apoferritin" / "4v1w.cif", "-o", out, "-n", "600", "--box", "48",
-                   "--apix", "4", "--snr", "5", "--shift-sigma", "1.5",
-                   "--ctf-from", shared_data / "ctf_metadata_real" / "cryosparc_P12_J24_001_particles.cs")
+    write_cryosparc_ctf_table(tmp_path / "ctf.cs", test_data / "empiar10026_ctf.star")
+    proc = cryosgd("simulate", test_data / "8zpm.cif.gz", "-o", out, "-n", "600", "--box", "48",
+                   "--apix", "4", "--snr", "5", "--shift-sigma", "1.5", "--ctf-from", tmp_path / "ctf.cs")
     assert proc.returncode == 0, proc.stderr
     truth, apix = read_map(out / "truth.mrc")
     assert apix == pytest.approx(4.0)

@@ -1,4 +1,4 @@
-"""Round trips through the file formats, and the real files in ../shared/data."""
+"""Round trips through the file formats, and real files (tests/data, and ../shared/data where it is present)."""
 from __future__ import annotations
 
 import subprocess
@@ -268,8 +268,8 @@ def test_relion31_six_optics_groups(shared_data):
         load_particles(path)  # the images are not included
 
 
-def test_apoferritin_ctf_table(shared_data):
-    path = shared_data / "ctf_metadata_real" / "empiar10026_apoferritin_particle_data.star"
+def test_apoferritin_ctf_table(test_data):
+    path = test_data / "empiar10026_ctf.star"
     with pytest.warns(UserWarning, match="no amplitude contrast"):
         particles = load_particles(path, require_images=False)
     assert len(particles) == 483 and not particles.has_images and particles.box is None

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +10,14 @@ import torch
 from cryosgd.cli import main
 from cryosgd.evaluate import compare_maps
 from cryosgd.fourier import fft2c, fft3c
-from cryosgd.forward.density import resample_map
+from cryosgd.forward.density import density_from_model
+from cryosgd.forward.rotations import relion_euler_to_matrix
 from cryosgd.io import load_particles, read_map, write_map
 from cryosgd.projmatch import (fourier_crop_images, fourier_pad_volume, lowpass, projection_matching,
                                rotation_angle)
 from cryosgd.simulation import simulate_dataset
+
+from relion import print_table, relion_programs  # noqa: F401  (relion_programs: a fixture)
 
 BOX, APIX = 40, 8.0
 BAND = 12.0                       # Fourier pixels: matching band limit
@@ -26,16 +26,10 @@ HALF_NYQUIST = BOX // 4           # shell 10
 
 
 @pytest.fixture(scope="module")
-def ribosome(tmp_path_factory):
-    """600 high-SNR particles (SNR 1) of the 70S ribosome map at 40 px, 8 Å/px, defocus 1-3 µm."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    source = shared / "map_70S_ribosome_aspire" / "clean70SRibosome_vol_65p.mrc"
-    if not source.is_file():
-        pytest.skip(f"{source} not available")
-    folder = tmp_path_factory.mktemp("ribosome")
-    volume, _ = read_map(source)
-    volume = resample_map(volume, 5.0, BOX, APIX)  # the map's header has no voxel size: 5 Å
-    write_map(folder / "source.mrc", volume, APIX)
+def particles_5fuu(tmp_path_factory, test_data):
+    """600 high-SNR particles (SNR 1) of the 5FUU density (CC0 model) at 40 px, 8 Å/px, defocus 1-3 µm."""
+    folder = tmp_path_factory.mktemp("env5fuu")
+    write_map(folder / "source.mrc", density_from_model(test_data / "5fuu.pdb.gz", BOX, APIX), APIX)
     paths, sim = simulate_dataset(folder / "source.mrc", folder / "data", n=600, box=BOX, pixel_size=APIX,
                                   snr=1.0, seed=1)
     return paths, sim
@@ -67,8 +61,8 @@ def test_rotation_angle():
     np.testing.assert_allclose(rotation_angle(a, a), 0.0, atol=1e-5)
 
 
-def test_matching_from_the_true_map_recovers_poses(ribosome):
-    paths, sim = ribosome
+def test_matching_from_the_true_map_recovers_poses(particles_5fuu):
+    paths, sim = particles_5fuu
     particles = load_particles(paths.particles)
     init = lowpass(torch.as_tensor(sim.volume, dtype=torch.float64), BAND).numpy()
     result = projection_matching(particles, iterations=2, init=init, resolution=RESOLUTION)
@@ -107,8 +101,8 @@ def test_matching_finds_shifts():
     assert np.median(rotation_angle(rot, sim.rotations)) < 5.0
 
 
-def test_projmatch_command(ribosome, tmp_path, monkeypatch):
-    paths, sim = ribosome
+def test_projmatch_command(particles_5fuu, tmp_path, monkeypatch):
+    paths, sim = particles_5fuu
     monkeypatch.setenv("CRYOSGD_QUIET", "1")
     out = tmp_path / "pm"
     status = main(["projmatch", str(paths.particles), "-o", str(out), "--iterations", "1",
@@ -126,14 +120,19 @@ def test_projmatch_command(ribosome, tmp_path, monkeypatch):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and float(rows[0]["mean_correlation"]) > 0.5
     assert (out / "slices.png").stat().st_size > 1000
-    if shutil.which("relion_star_printtable") is None:
-        pytest.skip("relion_star_printtable not found (apt-get install -y relion); RELION read-back not checked")
-    proc = subprocess.run(["relion_star_printtable", str(out / "particles.star"), "data_particles",
-                           "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"], capture_output=True, text=True)
-    assert proc.returncode == 0
-    values = np.array([line.split() for line in proc.stdout.strip().splitlines()], dtype=float)
-    assert values.shape == (len(sim.rotations), 3)
-    from cryosgd.forward.rotations import relion_euler_to_matrix
 
+
+@pytest.mark.relion
+def test_projmatch_poses_read_back_by_relion(particles_5fuu, tmp_path, monkeypatch, relion_programs):
+    """RELION's own STAR reader makes the same rotations of ``particles.star`` as ours."""
+    paths, _ = particles_5fuu
+    monkeypatch.setenv("CRYOSGD_QUIET", "1")
+    out = tmp_path / "pm"
+    assert main(["projmatch", str(paths.particles), "-o", str(out), "--iterations", "1",
+                 "--init", str(paths.volume), "--resolution", f"{RESOLUTION}"]) == 0
+    posed = load_particles(out / "particles.star")
+    values = print_table(relion_programs, out / "particles.star", "particles",
+                         "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+    assert values.shape == (len(posed), 3)
     relion_rot = relion_euler_to_matrix(values[:, 0], values[:, 1], values[:, 2])
     assert np.max(rotation_angle(relion_rot, posed.rotations)) < 0.01

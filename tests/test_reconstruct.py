@@ -27,12 +27,11 @@ def run_and_score(particles, truth, **settings):
 
 
 @pytest.fixture(scope="module")
-def own_simulation(tmp_path_factory, shared_data):
-    shared = shared_data
+def own_simulation(tmp_path_factory, test_data):
     out = tmp_path_factory.mktemp("sim5fuu")
-    assert cli(["simulate", str(shared / "model_hiv_env_5fuu" / "pdb5fuu.ent"), "-o", str(out), "-n", "5000",
+    assert cli(["simulate", str(test_data / "5fuu.pdb.gz"), "-o", str(out), "-n", "5000",
                 "--box", "64", "--apix", "3", "--snr", "0.05", "--seed", "11",
-                "--ctf-from", str(shared / "ctf_metadata_real" / "empiar10026_apoferritin_particle_data.star")]) == 0
+                "--ctf-from", str(test_data / "empiar10026_ctf.star")]) == 0
     return load_particles(out / "particles.star"), read_map(out / "truth.mrc")[0]
 
 
@@ -50,15 +49,13 @@ def test_sgd_recovers_structure_within_one_epoch(own_simulation):
 
 
 @pytest.mark.relion
-def test_sgd_recovers_relion_projected_particles(tmp_path_factory, shared_data, relion_programs):
+def test_sgd_recovers_relion_projected_particles(tmp_path_factory, test_data, relion_programs):
     from cryosgd.relion import relion_simulate
 
-    # EMD-3400 (an asymmetric protein; thresholded at 0, 2.867 Å/px), resampled to 64 px at 4.5 Å/px.
-    # (The 70S "clean" map in shared/data is band-pass filtered: zero mean, half its voxels negative,
-    # so it is no physical density to recover with a positivity constraint.)
-    volume = load_source_volume(shared_data / "map_emd3400_zehni2020" / "emd_3400_86.mrc", 64, 4.5)
-    table = load_particles(shared_data / "ctf_metadata_real" / "cryosparc_P12_J24_001_particles.cs",
-                           require_images=False).ctf
+    # the 5FUU density (asymmetric: Env trimer with two Fabs) at 64 px, 4.5 Å/px, projected by RELION
+    volume = load_source_volume(test_data / "5fuu.pdb.gz", 64, 4.5)
+    with pytest.warns(UserWarning, match="no amplitude contrast"):
+        table = load_particles(test_data / "empiar10026_ctf.star", require_images=False).ctf
     ctf = draw_ctfs(5000, np.random.default_rng(5), table=table)
     paths = relion_simulate(volume, 4.5, tmp_path_factory.mktemp("relsim"), n=5000, snr=0.05, ctf=ctf, seed=5)
     particles, truth = load_particles(paths.particles), read_map(paths.volume)[0]

@@ -37,8 +37,8 @@ from relion import print_table, relion_programs, write_relion_star  # noqa: F401
 
 pytestmark = pytest.mark.relion
 
-MODEL = Path("model_hiv_env_5fuu") / "pdb5fuu.ent"  # asymmetric: a wrong rotation or hand cannot hide
-CTF_TABLE = Path("ctf_metadata_real") / "cryosparc_P12_J24_001_particles.cs"
+MODEL = "5fuu.pdb.gz"  # asymmetric: a wrong rotation or hand cannot hide
+CTF_TABLE = "empiar10026_ctf.star"  # real per-particle defocus and astigmatism (EMPIAR-10026)
 PIXEL_SIZE = 4.0  # Å
 RELION_ODD_BOX_DISPLACEMENT = 1.0  # pixels, +x and +y: where relion_project puts an odd box's centre
 
@@ -83,12 +83,12 @@ def run_cli(*args: str, cwd: Path) -> None:
 
 
 @pytest.mark.parametrize("box", [48, 49])
-def test_projection_matches_relion_project(tmp_path, shared_data, relion_programs, box):
+def test_projection_matches_relion_project(tmp_path, test_data, relion_programs, box):
     """Euler angles, origins, CTF (astigmatism, phase shift, B-factor) and scale, image by image."""
     rng = np.random.default_rng(box)
     n = 8
     voltage, cs, amplitude_contrast = 200.0, 2.0, 0.07  # none of them a default
-    volume = density_from_model(shared_data / MODEL, box, PIXEL_SIZE)
+    volume = density_from_model(test_data / MODEL, box, PIXEL_SIZE)
     write_map(tmp_path / "vol.mrc", volume, PIXEL_SIZE)
 
     rot, psi = rng.uniform(-180, 180, (2, n))
@@ -157,11 +157,11 @@ def test_projection_matches_relion_project(tmp_path, shared_data, relion_program
 # --- 2. RELION reconstructs our simulation ---------------------------------------------------------
 
 
-def test_relion_reconstruct_of_our_simulation(tmp_path, shared_data, relion_programs):
+def test_relion_reconstruct_of_our_simulation(tmp_path, test_data, relion_programs):
     """``cryosgd simulate`` (real CTF table, shifts) -> ``relion_reconstruct --ctf`` -> FSC vs truth."""
     box = 48
-    run_cli("simulate", str(shared_data / MODEL), "-o", "sim", "-n", "2000", "--box", str(box),
-            "--apix", str(PIXEL_SIZE), "--snr", "10", "--ctf-from", str(shared_data / CTF_TABLE),
+    run_cli("simulate", str(test_data / MODEL), "-o", "sim", "-n", "2000", "--box", str(box),
+            "--apix", str(PIXEL_SIZE), "--snr", "10", "--ctf-from", str(test_data / CTF_TABLE),
             "--shift-sigma", "2", "--seed", "1", cwd=tmp_path)
     folder = tmp_path / "sim"
     truth_star = read_particles_star(folder / "truth.star")
@@ -198,11 +198,11 @@ def test_relion_reconstruct_of_our_simulation(tmp_path, shared_data, relion_prog
 # --- 3. our back-projector reconstructs RELION's projections --------------------------------------
 
 
-def test_backproject_of_relion_projections(tmp_path, shared_data, relion_programs):
+def test_backproject_of_relion_projections(tmp_path, test_data, relion_programs):
     """``relion_project --ctf --add_noise`` (random poses, origins, CTFs) -> ``cryosgd backproject`` -> FSC."""
     box, n, snr = 48, 2000, 10.0
     rng = np.random.default_rng(7)
-    volume = density_from_model(shared_data / MODEL, box, PIXEL_SIZE)
+    volume = density_from_model(test_data / MODEL, box, PIXEL_SIZE)
     write_map(tmp_path / "vol.mrc", volume, PIXEL_SIZE)
     rot, tilt, psi = Rotation.random(n, random_state=rng).as_euler("ZYZ", degrees=True).T
     mean_defocus = rng.uniform(10000, 30000, n)

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 __all__ = ["density_from_model", "resample_map", "random_spheres", "MODEL_SUFFIXES"]
 
-MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".cif.gz")
+MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".ent.gz", ".cif.gz", ".mmcif.gz")
 
 
 def density_from_model(path: str | Path, box: int, pixel_size: float, *, resolution: float | None = None) -> np.ndarray:
