@@ -4,7 +4,7 @@ One command runs, on one particle set and (where the method allows it) from one 
 
 * ``sgd``        this package's SGD (:func:`cryosgd.reconstruct.reconstruct`, its default settings),
                  1 epoch by default;
-* ``projmatch``  iterative projection matching (:func:`cryosgd.projmatch.projection_matching`), 5 iterations;
+* ``projmatch``  iterative projection matching (:func:`cryosgd.baselines.projmatch.projection_matching`), 5 iterations;
 * ``relion-em``  RELION 3.1's batch EM: 3D classification with K = 1 and a fixed number of
                  iterations from ``--ref init.mrc``, the same random density;
 * ``relion-sgd`` RELION 3.1's SGD initial model (``--sgd --denovo_3dref``), which starts from its
@@ -21,7 +21,7 @@ the start), ``init.mrc`` and one folder per method.
 ``--simulate-with-relion MAP`` resamples MAP to the box, projects it with ``relion_project --ctf`` at
 uniformly random poses (centred) with CTFs drawn from a real table, adds white noise at the given SNR
 (whole box) and writes OUTDIR/data/{particles.star, particles.mrcs, truth.star, truth.mrc}
-(:func:`cryosgd.relion.relion_simulate`): the images are divided by the noise std (noise std 1, as
+(:func:`cryosgd.simulation.relion_simulate`): the images are divided by the noise std (noise std 1, as
 RELION expects), and so is the truth.
 """
 from __future__ import annotations
@@ -46,9 +46,9 @@ from cryosgd.evaluate import compare_maps
 from cryosgd.forward.density import resample_map
 from cryosgd.forward.simulate import draw_ctfs
 from cryosgd.io import InputError, load_particles, read_map, write_map
-from cryosgd.projmatch import projection_matching
+from cryosgd.baselines.projmatch import projection_matching
 from cryosgd.reconstruct import Settings, initial_density, load_dataset, reconstruct
-from cryosgd.relion import relion_simulate
+from cryosgd.simulation import relion_simulate
 
 METHODS = ("sgd", "projmatch", "relion-em", "relion-sgd")
 LABELS = {"sgd": "SGD (this package)", "projmatch": "Projection matching", "relion-em": "RELION 3.1 EM",

@@ -32,8 +32,7 @@ from cryosgd.evaluate import compare_maps
 from cryosgd.forward.simulate import draw_ctfs
 from cryosgd.io import load_particles, read_map
 from cryosgd.reconstruct import Settings, reconstruct
-from cryosgd.relion import relion_simulate, require_relion
-from cryosgd.simulation import load_source_volume
+from cryosgd.simulation import load_source_volume, relion_simulate, require_relion
 from machine import cpu_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -13,7 +13,7 @@ from cryosgd.fourier import fft2c, fft3c
 from cryosgd.forward.density import density_from_model
 from cryosgd.forward.rotations import relion_euler_to_matrix
 from cryosgd.io import load_particles, read_map, write_map
-from cryosgd.projmatch import (fourier_crop_images, fourier_pad_volume, lowpass, projection_matching,
+from cryosgd.baselines.projmatch import (fourier_crop_images, fourier_pad_volume, lowpass, projection_matching,
                                rotation_angle)
 from cryosgd.simulation import simulate_dataset
 
@@ -85,7 +85,7 @@ def test_matching_finds_shifts():
     """Shifted, centred-spectrum particles of a small map: the best shifts are the true origin offsets."""
     from cryosgd.forward.density import random_spheres
     from cryosgd.forward.simulate import draw_ctfs, simulate_particles
-    from cryosgd.projmatch import ProjectionMatcher
+    from cryosgd.baselines.projmatch import ProjectionMatcher
 
     rng = np.random.default_rng(3)
     box, apix = 32, 6.0

@@ -50,7 +50,7 @@ def test_sgd_recovers_structure_within_one_epoch(own_simulation):
 
 @pytest.mark.relion
 def test_sgd_recovers_relion_projected_particles(tmp_path_factory, test_data, relion_programs):
-    from cryosgd.relion import relion_simulate
+    from cryosgd.simulation import relion_simulate
 
     # the 5FUU density (asymmetric: Env trimer with two Fabs) at 64 px, 4.5 Å/px, projected by RELION
     volume = load_source_volume(test_data / "5fuu.pdb.gz", 64, 4.5)

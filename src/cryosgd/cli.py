@@ -48,7 +48,7 @@ def _cmd_simulate(args) -> None:
 def _cmd_backproject(args) -> None:
     import numpy as np
 
-    from .backproject import backproject
+    from .baselines.backproject import backproject
     from .inference.noise import estimate_noise_std
     from .io import InputError, load_particles, write_map
 
@@ -254,7 +254,7 @@ def _cmd_projmatch(args) -> None:
     from tqdm import tqdm
 
     from .io import load_particles, write_map, write_particles_star
-    from .projmatch import projection_matching
+    from .baselines.projmatch import projection_matching
     from .report import plot_views
     from .simulation import load_source_volume
 

@@ -19,11 +19,11 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .fourier import fft2c, frequency_grid_2d, ifft3c, shell_index, soft_mask
-from .forward.ctf import CTFParams, compute_ctf
-from .forward.interp import grid_correction, interpolation_taps
-from .forward.shift import shift_spectra
-from .forward.slicing import slice_coordinates
+from ..fourier import fft2c, frequency_grid_2d, ifft3c, shell_index, soft_mask
+from ..forward.ctf import CTFParams, compute_ctf
+from ..forward.interp import grid_correction, interpolation_taps
+from ..forward.shift import shift_spectra
+from ..forward.slicing import slice_coordinates
 
 __all__ = ["BackProjector", "backproject"]
 

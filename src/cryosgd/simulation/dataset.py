@@ -1,4 +1,4 @@
-"""Simulated datasets written as RELION files: what ``cryosgd simulate`` does."""
+"""Simulated datasets written as RELION files: what ``cryosgd simulate`` does, and the one writer of them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .forward.ctf import CTFParams
-from .forward.density import MODEL_SUFFIXES, density_from_model, resample_map
-from .forward.simulate import SimulatedParticles, draw_ctfs, simulate_particles
-from .io import InputError, ParticleSet, load_particles, read_map, write_map, write_particles_star, write_stack
+from ..forward.ctf import CTFParams
+from ..forward.density import MODEL_SUFFIXES, density_from_model, resample_map
+from ..forward.simulate import SimulatedParticles, draw_ctfs, simulate_particles
+from ..io import InputError, ParticleSet, load_particles, read_map, write_map, write_particles_star, write_stack
 
-__all__ = ["load_source_volume", "simulate_dataset", "SimulationPaths"]
+__all__ = ["load_source_volume", "simulate_dataset", "write_dataset", "SimulationPaths"]
 
 
 def load_source_volume(source: str | Path, box: int, pixel_size: float) -> np.ndarray:
@@ -57,12 +57,25 @@ def simulate_dataset(source, outdir, *, n: int = 1000, box: int = 64, pixel_size
     ctf = draw_ctfs(n, rng, table=table)
     sim = simulate_particles(volume, n, pixel_size=pixel_size, snr=snr, ctf=ctf, shift_sigma=shift_sigma,
                              rng=rng, progress=progress)
+    paths = write_dataset(outdir, sim.images, sim.volume, pixel_size, sim.ctf, sim.rotations, sim.shifts)
+    return paths, sim
+
+
+def write_dataset(outdir, images: np.ndarray, volume: np.ndarray, pixel_size: float, ctf: CTFParams,
+                  rotations: np.ndarray, shifts: np.ndarray) -> SimulationPaths:
+    """Write a simulated dataset: ``particles.mrcs``, ``particles.star`` (CTF, no poses), ``truth.star``
+    (with the true poses) and ``truth.mrc`` (the volume on the images' scale).
+
+    images ``(n, N, N)`` normalised (noise std 1); volume ``(N, N, N)``; pixel_size in Å; rotations
+    ``(n, 3, 3)``; shifts ``(n, 2)`` pixels (RELION's origin convention, docs/conventions.md).
+    """
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
+    n, box = images.shape[0], images.shape[-1]
     paths = SimulationPaths(out / "particles.star", out / "truth.star", out / "particles.mrcs", out / "truth.mrc")
-    write_stack(paths.stack, sim.images, pixel_size)
-    write_map(paths.volume, sim.volume, pixel_size)
-    particles = ParticleSet(paths.particles, [paths.stack] * n, np.arange(n), pixel_size, box, sim.ctf)
+    write_stack(paths.stack, images.astype(np.float32), pixel_size)
+    write_map(paths.volume, volume.astype(np.float32), pixel_size)
+    particles = ParticleSet(paths.particles, [paths.stack] * n, np.arange(n), pixel_size, box, ctf)
     write_particles_star(paths.particles, particles)
-    write_particles_star(paths.truth, particles.with_poses(sim.rotations, sim.shifts))
-    return paths, sim
+    write_particles_star(paths.truth, particles.with_poses(rotations, shifts))
+    return paths

@@ -11,7 +11,7 @@ Each iteration
 
    over the band-limited half plane ``0 < |k| <= r`` (the origin left out: the
    correlation is mean-free);
-2. reconstructs the map from those poses with :class:`cryosgd.backproject.BackProjector`
+2. reconstructs the map from those poses with :class:`cryosgd.baselines.backproject.BackProjector`
    (CTF-weighted insertion, Wiener-filtered), then low-passes it to the band
    limit and applies a soft spherical mask.  Since only the band is kept, the
    images are Fourier-cropped to a box that holds it first
@@ -43,16 +43,16 @@ import numpy as np
 import torch
 
 from .backproject import BackProjector
-from .forward.ctf import compute_ctf
-from .forward.shift import phase_shifts
-from .forward.slicing import extract_central_slices
-from .fourier import fft2c, fft3c, ifft2c, ifft3c, radius_grid, soft_mask
-from .inference.bandvolume import BandTransform
-from .inference.likelihood import half_plane_frequencies
-from .inference.quadrature import angular_step, choose_quadrature, lebedev_directions, lebedev_order_for_step
-from .inference.rotation_set import build_rotation_set, half_plane_permutations
-from .io import InputError, ParticleSet
-from .reconstruct import Settings, initial_density, load_dataset, target_resolution
+from ..forward.ctf import compute_ctf
+from ..forward.shift import phase_shifts
+from ..forward.slicing import extract_central_slices
+from ..fourier import fft2c, fft3c, ifft2c, ifft3c, radius_grid, soft_mask
+from ..inference.bandvolume import BandTransform
+from ..inference.likelihood import half_plane_frequencies
+from ..inference.quadrature import angular_step, choose_quadrature, lebedev_directions, lebedev_order_for_step
+from ..inference.rotation_set import build_rotation_set, half_plane_permutations
+from ..io import InputError, ParticleSet
+from ..reconstruct import Settings, initial_density, load_dataset, target_resolution
 
 __all__ = [
     "ProjMatchResult", "ProjectionMatcher", "projection_matching", "reconstruct_band_limited",
@@ -120,7 +120,7 @@ def fourier_pad_volume(volume: torch.Tensor, size: int) -> torch.Tensor:
 
 def reconstruct_band_limited(batches: Iterable, box: int, pixel_size: float,
                              band_limit: float | None) -> torch.Tensor:
-    """Wiener reconstruction (:class:`~cryosgd.backproject.BackProjector`) from posed images, within a band.
+    """Wiener reconstruction (:class:`~cryosgd.baselines.backproject.BackProjector`) from posed images, within a band.
 
     batches:    ``(images (B, N, N), rotations (B, 3, 3), shifts (B, 2) pixels or None, ctf)`` tuples,
                 images with noise std 1.

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .forward.ctf import CTFParams
-from .forward.rotations import random_rotations
-from .forward.simulate import truncated_normal_shifts
-from .io import ParticleSet, read_map, write_map, write_particles_star, write_stack
-from .simulation import SimulationPaths
+from ..forward.ctf import CTFParams
+from ..forward.rotations import random_rotations
+from ..forward.simulate import truncated_normal_shifts
+from ..io import ParticleSet, read_map, write_map, write_particles_star
+from .dataset import SimulationPaths, write_dataset
 
 __all__ = ["RelionMissing", "relion_available", "require_relion", "relion_simulate"]
 
@@ -48,7 +48,7 @@ def relion_simulate(volume: np.ndarray, pixel_size: float, outdir, *, n: int, sn
                     seed: int = 0, shift_sigma: float = 0.0) -> SimulationPaths:
     """Particles projected by ``relion_project --ctf`` at uniform random poses, with white noise at ``snr``.
 
-    The same outputs and conventions as :func:`cryosgd.simulation.simulate_dataset`:
+    The same outputs and conventions as :func:`.simulate_dataset` (both write with :func:`.write_dataset`):
     normalised images (noise std 1), ``particles.star`` (CTF, no poses),
     ``truth.star`` (with poses) and ``truth.mrc`` on the images' scale.
     """
@@ -72,10 +72,4 @@ def relion_simulate(volume: np.ndarray, pixel_size: float, outdir, *, n: int, sn
     clean = clean.reshape(n, box, box).astype(np.float64)
     noise_std = float(np.sqrt(clean.var() / snr))
     images = clean / noise_std + rng.standard_normal(clean.shape)
-    paths = SimulationPaths(out / "particles.star", out / "truth.star", out / "particles.mrcs", out / "truth.mrc")
-    write_stack(paths.stack, images.astype(np.float32), pixel_size)
-    write_map(paths.volume, (volume / noise_std).astype(np.float32), pixel_size)
-    particles = ParticleSet(paths.particles, [paths.stack] * n, np.arange(n), pixel_size, box, ctf)
-    write_particles_star(paths.particles, particles)
-    write_particles_star(paths.truth, particles.with_poses(rotations, shifts))
-    return paths
+    return write_dataset(out, images, volume / noise_std, pixel_size, ctf, rotations, shifts)

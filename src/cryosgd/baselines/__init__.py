@@ -1,0 +1,2 @@
+"""Baselines beside the stochastic optimisers: direct reconstruction from known poses
+(:mod:`.backproject`) and projection matching (:mod:`.projmatch`)."""
