@@ -30,7 +30,7 @@ from ..forward.ctf import CTFParams
 from .errors import InputError
 from .mrc import ImageStack
 
-__all__ = ["ParticleSet", "load_particles", "single_pixel_size", "single_box", "PIXEL_SIZE_TOLERANCE"]
+__all__ = ["ParticleSet", "single_pixel_size", "single_box", "PIXEL_SIZE_TOLERANCE"]
 
 PIXEL_SIZE_TOLERANCE = 0.01  # relative; larger disagreements are reported
 _OPEN_STACKS = 128  # stacks kept open by read_images; an open stack holds one file descriptor
@@ -236,28 +236,3 @@ def _open_stack(path: Path, source: Path) -> ImageStack:
     if not path.is_file():
         raise InputError(path, f"no such file (listed in {source})")
     return ImageStack(path)
-
-
-def load_particles(path: str | os.PathLike, *, require_images: bool = True) -> ParticleSet:
-    """Read a RELION ``.star`` or cryoSPARC ``.cs`` particle file.
-
-    With ``require_images`` the images must be listed and every stack is
-    checked (:meth:`ParticleSet.validate_images`); without it a metadata-only
-    table (CTF parameters, no images) is accepted.
-    """
-    from .cryosparc import read_cs
-    from .star import read_particles_star
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".star":
-        particles = read_particles_star(path, require_images=require_images)
-    elif suffix == ".cs":
-        particles = read_cs(path, require_images=require_images)
-    else:
-        raise InputError(path, f"unknown particle file type '{path.suffix}' (expected .star or .cs)")
-    if require_images:
-        particles.validate_images()
-    return particles
