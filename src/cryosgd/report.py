@@ -1,6 +1,8 @@
 """Plots and a short Markdown report of a reconstruction or a comparison.
 
-Every figure is a PNG written atomically; matplotlib runs headless (Agg).
+Every figure is a PNG written atomically.  Figures are built with matplotlib's object API
+(:class:`matplotlib.figure.Figure`), not pyplot, so no backend is switched or chosen for the
+process: a notebook's own backend stays as it was, and nothing needs a display.
 """
 from __future__ import annotations
 
@@ -14,13 +16,12 @@ __all__ = ["map_views", "plot_nll", "plot_fsc", "plot_views", "plot_montage", "w
            "plot_compare_nll"]
 
 
-def _pyplot():
-    import matplotlib
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, squeeze: bool = True):
+    """A new figure and its axes, outside pyplot (``Figure.subplots`` takes the same layout arguments)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def _save(fig, path: Path) -> None:
@@ -28,7 +29,6 @@ def _save(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.part.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, path)
-    _pyplot().close(fig)
 
 
 def map_views(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -41,9 +41,8 @@ def map_views(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 def plot_views(path, maps: dict, title: str = "") -> None:
     """One row per map (name -> volume): central slices and projections."""
-    plt = _pyplot()
     rows = len(maps)
-    fig, axes = plt.subplots(rows, 6, figsize=(12, 2.1 * rows + 0.4), squeeze=False)
+    fig, axes = _subplots(rows, 6, figsize=(12, 2.1 * rows + 0.4), squeeze=False)
     for r, (name, vol) in enumerate(maps.items()):
         for c, (label, img) in enumerate(map_views(vol)):
             ax = axes[r, c]
@@ -61,8 +60,7 @@ def plot_views(path, maps: dict, title: str = "") -> None:
 
 def plot_montage(path, rows: dict, columns: list[str]) -> None:
     """Figure-4-style montage: ``rows[method][column] -> volume``, shown as z projections."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.9 * len(columns) + 0.6, 1.9 * len(rows) + 0.4),
+    fig, axes = _subplots(len(rows), len(columns), figsize=(1.9 * len(columns) + 0.6, 1.9 * len(rows) + 0.4),
                              squeeze=False)
     for r, (method, snaps) in enumerate(rows.items()):
         for c, col in enumerate(columns):
@@ -81,9 +79,8 @@ def plot_montage(path, rows: dict, columns: list[str]) -> None:
 
 def plot_nll(path, log: list[dict], title: str = "") -> None:
     """Test NLL (nats per image) against per-image gradient evaluations."""
-    plt = _pyplot()
     pts = [(r["gradients"], r["test_nll"]) for r in log if "test_nll" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     if pts:
         x, y = zip(*pts)
         ax.plot(x, y, marker=".")
@@ -97,8 +94,7 @@ def plot_nll(path, log: list[dict], title: str = "") -> None:
 
 def plot_compare_nll(path, logs: dict[str, list[dict]]) -> None:
     """Figure-3-style: test NLL of several methods, full run (log x) and a zoom on the final 30%."""
-    plt = _pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (a1, a2) = _subplots(1, 2, figsize=(12, 4.2))
     ends = []
     for name, log in logs.items():
         pts = [(r["gradients"], r["test_nll"]) for r in log if "test_nll" in r]
@@ -131,10 +127,9 @@ def plot_compare_nll(path, logs: dict[str, list[dict]]) -> None:
 
 def plot_fsc(path, comparison, band_limit: float | None = None) -> None:
     """FSC against a reference with the 0.5 and 0.143 lines (and the band limit used)."""
-    plt = _pyplot()
     curve = comparison.curve
     freq = np.arange(len(curve)) / (comparison.box * comparison.pixel_size)  # 1/Å
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     ax.plot(freq, curve, marker=".")
     for t in (0.5, 0.143):
         ax.axhline(t, color="gray", ls="--", lw=0.8)
