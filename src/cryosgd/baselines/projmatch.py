@@ -47,7 +47,7 @@ from ..forward.ctf import compute_ctf
 from ..forward.shift import phase_shifts
 from ..forward.slicing import extract_central_slices
 from ..fourier import fft2c, fft3c, ifft2c, ifft3c, radius_grid, soft_mask
-from ..inference.bandvolume import BandTransform
+from ..forward.bandvolume import BandTransform
 from ..inference.likelihood import half_plane_frequencies
 from ..inference.quadrature import angular_step, choose_quadrature, lebedev_directions, lebedev_order_for_step
 from ..inference.rotation_set import build_rotation_set, half_plane_permutations

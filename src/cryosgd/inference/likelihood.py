@@ -31,11 +31,10 @@ import torch
 
 from ..fourier import fft2c
 from ..forward.ctf import CTFParams, compute_ctf
-from ..forward.interp import KERNELS, interpolation_taps
 from ..forward.shift import phase_shifts
-from ..forward.slicing import slice_coordinates
+from ..forward.bandvolume import BandTransform
+from ..forward.sparse_slicing import SparseSlicing
 from ..memory import available_bytes
-from .bandvolume import BandTransform
 from .rotation_set import RotationSet, half_plane_permutations
 
 __all__ = ["half_plane_frequencies", "LikelihoodBatch", "LikelihoodResult", "MarginalLikelihood"]
@@ -56,46 +55,6 @@ def half_plane_frequencies(band_limit: float) -> tuple[np.ndarray, np.ndarray]:
     k = np.stack([kx[keep], ky[keep]], 1).astype(np.float64)
     w = np.where((k[:, 0] == 0) & (k[:, 1] == 0), 1.0, 2.0)
     return k, w
-
-
-def _slicing_matrices(rotations: torch.Tensor, freqs: torch.Tensor, oversampling: int, size: int, kernel: str,
-                      dtype, device, rotations_per_block: int = 512):
-    """The slicing operator as a CSR matrix (rows: base rotation x point) and its transpose.
-
-    rotations: ``(Mb, 3, 3)``; freqs: ``(P, 2)`` (Fourier pixels); the cube is ``size``^3 at
-    ``oversampling`` samples per Fourier pixel.  Every row has exactly ``T`` taps, so the row
-    pointers are ``0, T, 2T, ...``; the taps are computed a block of rotations at a time and
-    stored at once as 32-bit column indices and ``dtype`` weights (the full float64 coordinates
-    would take several times the operator), and the transpose is a stable sort by column.
-    32-bit indices make the products about 10x faster on CPU.  Taps outside the grid carry
-    weight 0 (repeated columns in a row simply add up).
-    """
-    m, p = rotations.shape[0], freqs.shape[0]
-    taps = (2 * KERNELS[kernel]) ** 3
-    nnz = m * p * taps
-    index_dtype = torch.int32 if nnz < 2**31 - 1 else torch.int64
-    col = torch.empty(nnz, dtype=index_dtype)
-    val = torch.empty(nnz, dtype=dtype)
-    for start in range(0, m, rotations_per_block):
-        stop = min(start + rotations_per_block, m)
-        coords = slice_coordinates(rotations[start:stop], freqs) * oversampling
-        idx, w = interpolation_taps(coords, size, kernel)
-        col[start * p * taps:stop * p * taps] = idx.reshape(-1)
-        val[start * p * taps:stop * p * taps] = w.reshape(-1)
-    n_rows, n_cols = m * p, size**3
-    crow = torch.arange(0, nnz + 1, taps, dtype=index_dtype)
-    # the transpose: entries ordered by column, rows ascending within a column
-    order = torch.argsort(col, stable=True)
-    t_val = val[order]
-    t_col = order.div_(taps, rounding_mode="floor").to(index_dtype)
-    del order
-    t_crow = torch.zeros(n_cols + 1, dtype=index_dtype)
-    t_crow[1:] = torch.bincount(col, minlength=n_cols).cumsum(0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        op = torch.sparse_csr_tensor(crow, col, val, (n_rows, n_cols), check_invariants=False)
-        op_t = torch.sparse_csr_tensor(t_crow, t_col, t_val, (n_cols, n_rows), check_invariants=False)
-    return op.to(device), op_t.to(device)
 
 
 @dataclass
@@ -197,12 +156,12 @@ class MarginalLikelihood:
         # the transform cube and the slicing operator (built once for this band limit and quadrature)
         self.band = BandTransform(box, band_limit, oversampling=oversampling, kernel=kernel, dtype=dtype,
                                   device=self.device)
-        self.slice_op, self.slice_op_t = _slicing_matrices(torch.as_tensor(rotations.base), freqs_t, oversampling,
-                                                           self.band.size, kernel, dtype, self.device)
+        self.slicing = SparseSlicing(torch.as_tensor(rotations.base), freqs_t, oversampling, self.band.size, kernel,
+                                     dtype, self.device)
+        self.slice_op, self.slice_op_t = self.slicing.matrix, self.slicing.matrix_t
         # the operator and its transpose: values and column indices, one entry per tap; grows as
         # the fifth power of the band limit (rotations ~ r^3 times points ~ r^2)
-        self.operator_bytes = sum(t.numel() * t.element_size() for op in (self.slice_op, self.slice_op_t)
-                                  for t in (op.crow_indices(), op.col_indices(), op.values()))
+        self.operator_bytes = self.slicing.nbytes
         self.memory_budget = default_memory_budget(self.device) if memory_budget is None else int(memory_budget)
         if self.device.type == "cuda":  # the score matrix may use half of the free device memory
             self.memory_budget = min(self.memory_budget, torch.cuda.mem_get_info(self.device)[0] // 2)
@@ -232,12 +191,11 @@ class MarginalLikelihood:
     def slices_pairs(self, volume: torch.Tensor) -> torch.Tensor:
         """``(Mb, P, 2)`` real (re, im) slices of the base rotations."""
         cube = self.band.forward_pairs(volume.to(self.device, self.dtype))
-        return (self.slice_op @ cube.reshape(-1, 2)).view(len(self.rotations.base), self.n_points, 2)
+        return self.slicing.forward_pairs(cube)
 
     def slices_adjoint_pairs(self, grad_pairs: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`slices_pairs`: ``(Mb, P, 2)`` -> ``(N, N, N)`` real."""
-        g = self.slice_op_t @ grad_pairs.reshape(-1, 2)
-        return self.band.adjoint_pairs(g.view((self.band.size,) * 3 + (2,)))
+        return self.band.adjoint_pairs(self.slicing.adjoint_pairs(grad_pairs))
 
     def slices(self, volume: torch.Tensor) -> torch.Tensor:
         """``(Mb, P)`` complex slices of the base rotations."""

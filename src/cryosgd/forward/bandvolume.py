@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..forward.interp import KERNELS, grid_correction
+from .interp import KERNELS, grid_correction
 
 __all__ = ["BandTransform"]
 
