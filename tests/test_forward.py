@@ -135,3 +135,13 @@ def test_ctf_values():
     s0 = ctf_first_zero(20000.0, 300.0, 2.7, 0.07)
     val = compute_ctf(ctf, torch.tensor([[s0 * 1.0, 0.0]], dtype=F64), 1.0)
     assert abs(float(val)) < 1e-9
+
+
+def test_apply_alignment_shift_moves_content_by_t():
+    """An alignment's shift t (x, y, z) moves the map's content by +t pixels (here: integer, so a roll)."""
+    from cryosgd.align import Alignment, apply_alignment
+    from cryosgd.forward.density import random_spheres
+
+    volume = random_spheres(20, np.random.default_rng(0), n_spheres=6)
+    moved = apply_alignment(volume, Alignment(np.eye(3), np.array([2.0, -1.0, 3.0]), False, 1.0))
+    np.testing.assert_allclose(moved, np.roll(volume, (3, -1, 2), axis=(0, 1, 2)), atol=1e-9)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fourier import fft3c, ifft3c
-from .forward.rotations import random_rotations
+from .forward.shift import phase_shifts
+from .fourier import fft3c, frequencies, ifft3c
 from .inference.quadrature import so3_quadrature
 
 __all__ = ["Alignment", "align_maps", "apply_alignment", "rotate_volume", "downsample"]
@@ -145,9 +145,9 @@ def apply_alignment(volume, alignment: Alignment) -> np.ndarray:
         vol = torch.flip(vol, dims=[0])
     out = rotate_volume(vol, torch.as_tensor(alignment.rotation[None]))[0]
     n = out.shape[-1]
-    k = torch.arange(n, dtype=torch.float64) - n // 2
+    k = frequencies(n)
     kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
-    t = alignment.shift
-    phase = -2 * np.pi * (kx * t[0] + ky * t[1] + kz * t[2]) / n
-    out = ifft3c(fft3c(out) * torch.polar(torch.ones_like(phase), phase)).real
+    # moving the content by +t is the origin offset -t (forward/shift.py)
+    ramp = phase_shifts(torch.stack([kx, ky, kz], -1), -torch.as_tensor(alignment.shift, dtype=torch.float64)[None], n)
+    out = ifft3c(fft3c(out) * ramp[0]).real
     return out.numpy()

@@ -18,14 +18,15 @@ __all__ = ["phase_shifts", "shift_spectra"]
 
 
 def phase_shifts(freqs: torch.Tensor, shifts: torch.Tensor, box: int) -> torch.Tensor:
-    """Phase factors that apply origin offsets.
+    """Phase factors that apply origin offsets, in any dimension.
 
-    freqs:  ``(P, 2)`` frequencies (kx, ky) in Fourier pixels.
-    shifts: ``(S, 2)`` shifts (tx, ty) in pixels.
-    Returns ``(S, P)`` complex factors.
+    freqs:  ``(..., d)`` frequencies in Fourier pixels, (kx, ky[, kz]) last.
+    shifts: ``(S, d)`` offsets in pixels, (tx, ty[, tz]).
+    Returns ``(S, ...)`` complex factors ``exp(+2 pi i k.t / box)``.
     """
-    phase = 2 * math.pi / box * (shifts.to(freqs.dtype) @ freqs.T)  # radians/cycle * cycles = radians
-    return torch.polar(torch.ones_like(phase), phase)
+    k = freqs.reshape(-1, freqs.shape[-1])
+    phase = 2 * math.pi / box * (shifts.to(k.dtype) @ k.T)  # radians/cycle * cycles = radians, (S, prod(...))
+    return torch.polar(torch.ones_like(phase), phase).reshape(shifts.shape[0], *freqs.shape[:-1])
 
 
 def shift_spectra(spectra: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -34,6 +35,4 @@ def shift_spectra(spectra: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 
     n_box = spectra.shape[-1]
     k = frequency_grid_2d(n_box, dtype=spectra.real.dtype, device=spectra.device)
-    phase = 2 * math.pi / n_box * (k[None, ..., 0] * shifts[:, 0, None, None].to(k.dtype)
-                                    + k[None, ..., 1] * shifts[:, 1, None, None].to(k.dtype))
-    return spectra * torch.polar(torch.ones_like(phase), phase)
+    return spectra * phase_shifts(k, shifts, n_box)
