@@ -49,8 +49,8 @@ from ..forward.slicing import extract_central_slices
 from ..fourier import fft2c, fft3c, ifft2c, ifft3c, radius_grid, soft_mask
 from ..forward.bandvolume import BandTransform
 from ..inference.likelihood import half_plane_frequencies
-from ..inference.quadrature import angular_step, choose_quadrature, lebedev_directions, lebedev_order_for_step
-from ..inference.rotation_set import build_rotation_set, half_plane_permutations
+from ..inference.quadrature import choose_quadrature
+from ..inference.rotation_set import expand_variants, half_plane_permutations, rotation_set_for_band
 from ..io import InputError, ParticleSet
 from ..reconstruct import Settings, initial_density, load_dataset, target_resolution
 
@@ -159,8 +159,7 @@ class ProjectionMatcher:
         self.box, self.pixel_size, self.band_limit = box, pixel_size, band_limit
         self.oversampling, self.kernel, self.memory_budget = oversampling, kernel, memory_budget
         q = choose_quadrature(band_limit, box, max_shift=max_shift)
-        d, w = lebedev_directions(lebedev_order_for_step(angular_step(band_limit)))
-        self.rotations = build_rotation_set(d, w, q.n_inplane)
+        self.rotations = rotation_set_for_band(band_limit, q.n_inplane)
         self.shifts = np.array(q.shifts)
         freqs, weights = half_plane_frequencies(band_limit)
         weights[(freqs == 0).all(1)] = 0.0  # the origin left out: a mean-free correlation
@@ -207,12 +206,8 @@ class ProjectionMatcher:
         b, s, w = len(data), len(self.shifts), self.weights
         # row (b, v, s) holds w c conj(d) phi_s, moved to where grid symmetry v puts each point
         h = (w * c)[:, None, :] * data.conj()[:, None, :] * self.phases[None]                  # (B, S, P)
-        hv = torch.where(self.sym_conj[None, :, None, :], h.conj()[:, None], h[:, None])      # (B, 8, S, P)
-        g = torch.zeros((b, 8, s, p), dtype=h.dtype)
-        g.scatter_(3, self.sym_index[None, :, None, :].expand(b, 8, s, p), hv)
+        g, c2v = expand_variants(h, w * c**2, self.sym_index, self.sym_conj)                  # (B,8,S,P), (B,8,P)
         cross = torch.cat([g.real, -g.imag], dim=3).reshape(b * 8 * s, 2 * p)
-        c2v = torch.zeros((b, 8, p))
-        c2v.scatter_(2, self.sym_index[None].expand(b, 8, p), (w * c**2)[:, None, :].expand(b, 8, p))
         c2v = c2v.reshape(b * 8, p)
         data_norm = torch.sqrt((w * data.abs() ** 2).sum(1)).clamp(min=1e-30)                  # (B,)
 

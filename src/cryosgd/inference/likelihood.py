@@ -35,7 +35,7 @@ from ..forward.shift import phase_shifts
 from ..forward.bandvolume import BandTransform
 from ..forward.sparse_slicing import SparseSlicing
 from ..memory import available_bytes
-from .rotation_set import RotationSet, half_plane_permutations
+from .rotation_set import RotationSet, expand_variants, half_plane_permutations
 
 __all__ = ["half_plane_frequencies", "LikelihoodBatch", "LikelihoodResult", "MarginalLikelihood"]
 
@@ -216,13 +216,7 @@ class MarginalLikelihood:
         s = len(self.shifts)
         inv2 = 1.0 / self.noise_std**2
         h = (self.weights * batch.ctf)[:, None, :] * batch.data.conj()[:, None, :] * self.phases[None]  # (B,S,P)
-        # variant v puts data point p at slice point index[v, p]
-        g = torch.zeros((b, 8, s, p), dtype=self.cdtype, device=self.device)
-        hv = torch.where(self.sym_conj[None, :, None, :], h.conj()[:, None], h[:, None])   # (B,8,S,P)
-        g.scatter_(3, self.sym_index[None, :, None, :].expand(b, 8, s, p), hv)
-        c2 = (self.weights * batch.ctf**2)                                                 # (B,P)
-        c2v = torch.zeros((b, 8, p), dtype=self.dtype, device=self.device)
-        c2v.scatter_(2, self.sym_index[None].expand(b, 8, p), c2[:, None, :].expand(b, 8, p))
+        g, c2v = expand_variants(h, self.weights * batch.ctf**2, self.sym_index, self.sym_conj)  # (B,8,S,P), (B,8,P)
         row_bias = (self.log_shift_weights[None, :] - 0.5 * inv2 * batch.data_norm[:, None]
                     - 0.5 * self.n_full * math.log(2 * math.pi * self.noise_std**2))          # (B,S)
         pairs = torch.stack([g.real, -g.imag], -1).view(b, 8, s, 2 * p) * inv2

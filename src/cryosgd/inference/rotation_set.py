@@ -20,10 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..forward.rotations import relion_euler_to_matrix
+from .quadrature import angular_step, lebedev_directions, lebedev_order_for_step
 
-__all__ = ["RotationSet", "build_rotation_set", "VARIANT_MATRICES", "half_plane_permutations"]
+__all__ = ["RotationSet", "build_rotation_set", "rotation_set_for_band", "VARIANT_MATRICES", "half_plane_permutations",
+           "expand_variants"]
 
 
 def _variant_matrices() -> np.ndarray:
@@ -87,6 +90,13 @@ def build_rotation_set(directions: np.ndarray, direction_weights: np.ndarray, n_
     return RotationSet(base, np.log(weights))
 
 
+def rotation_set_for_band(band_limit: float, n_inplane: int) -> RotationSet:
+    """The base rotations of the quadrature at ``band_limit`` (Fourier pixels): the Lebedev rule whose
+    angular step suits the band limit (:func:`.quadrature.angular_step`), times ``n_inplane`` angles."""
+    directions, weights = lebedev_directions(lebedev_order_for_step(angular_step(band_limit)))
+    return build_rotation_set(directions, weights, n_inplane)
+
+
 def half_plane_permutations(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For half-plane points ``(P, 2)`` (integers), where each symmetry sends each point.
 
@@ -107,3 +117,23 @@ def half_plane_permutations(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 index[v, p] = lookup[(-q[0], -q[1])]
                 conj[v, p] = True
     return index, conj
+
+
+def expand_variants(rows: torch.Tensor, ctf2: torch.Tensor, index: torch.Tensor,
+                    conj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data-side rows moved to where each of the 8 variants puts their points.
+
+    rows:  ``(B, S, P)`` complex, one row per (image, shift) over the half-plane points;
+    ctf2:  ``(B, P)`` real, per image (the norm term's CTF weights);
+    index, conj: ``(8, P)`` from :func:`half_plane_permutations`.
+    Returns ``(B, 8, S, P)`` and ``(B, 8, P)``: variant v's row holds point p at ``index[v, p]``
+    (conjugated where ``conj[v, p]``), so a base rotation's slice scores as the rotation
+    ``base @ VARIANT_MATRICES[v]``.
+    """
+    b, s, p = rows.shape
+    moved = torch.where(conj[None, :, None, :], rows.conj()[:, None], rows[:, None])       # (B, 8, S, P)
+    out = torch.zeros((b, 8, s, p), dtype=rows.dtype, device=rows.device)
+    out.scatter_(3, index[None, :, None, :].expand(b, 8, s, p), moved)
+    ctf2v = torch.zeros((b, 8, p), dtype=ctf2.dtype, device=ctf2.device)
+    ctf2v.scatter_(2, index[None].expand(b, 8, p), ctf2[:, None, :].expand(b, 8, p))
+    return out, ctf2v
