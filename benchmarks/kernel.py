@@ -28,7 +28,7 @@ import torch
 
 from cryosgd.forward.ctf import CTFParams
 from cryosgd.inference.likelihood import MarginalLikelihood
-from cryosgd.inference.quadrature import band_limit_pixels
+from cryosgd.fourier import nyquist_fraction_px
 from cryosgd.reconstruct import Settings, build_kernel
 
 BOX, BATCH = 128, 100
@@ -75,7 +75,7 @@ def kernel_flops(kern: MarginalLikelihood, batch: int) -> tuple[float, float]:
 
 def measure(name: str, device, repeats: int | None, memory_budget: int | None) -> dict:
     fraction, max_shift = SETTINGS[name]
-    r = band_limit_pixels(BOX, fraction)
+    r = nyquist_fraction_px(BOX, fraction)
     t0 = time.perf_counter()  # the kernel as reconstruct builds it (quadrature from the band limit)
     kern = build_kernel(r, BOX, 2.0, Settings(max_shift=max_shift, memory_budget=memory_budget, device=str(device)))
     build = time.perf_counter() - t0

@@ -7,25 +7,23 @@ from scipy.integrate import lebedev_rule
 from scipy.special import eval_legendre, gammaln, ive
 
 from cryosgd.forward.rotations import random_rotations
+from cryosgd.fourier import band_limit_px, nyquist_fraction_px, resolution_A
 from cryosgd.inference.quadrature import (
     LEBEDEV_POINTS,
     Quadrature,
     angular_step,
     available_lebedev_orders,
-    band_limit_pixels,
-    band_limit_to_resolution,
     choose_quadrature,
     directions_for_step,
     finest_band_limit,
     lebedev_directions,
     lebedev_order_for_step,
-    resolution_to_band_limit,
     shift_grid,
     so3_quadrature,
 )
 
 # Band limits of the paper's settings and their 64-pixel counterparts (Fourier pixels).
-BAND_LIMITS = [band_limit_pixels(box, f) for box in (64, 128) for f in (0.10, 0.16)]
+BAND_LIMITS = [nyquist_fraction_px(box, f) for box in (64, 128) for f in (0.10, 0.16)]
 
 
 def sphere_monomial_mean(a: int, b: int, c: int) -> float:
@@ -152,7 +150,7 @@ def test_so3_trace_moments_exact():
 
 
 def test_so3_second_moments_exact():
-    q = choose_quadrature(band_limit_pixels(128, 0.10), 128)
+    q = choose_quadrature(nyquist_fraction_px(128, 0.10), 128)
     rotations, w = q.rotations, q.rotation_weights
     r = rotations.reshape(len(w), 9)
     np.testing.assert_allclose(w @ r, 0, atol=1e-15)
@@ -198,7 +196,7 @@ def test_shift_grid_prior_moments():
     np.testing.assert_allclose(w @ shifts**2, 16.0, rtol=1e-3)
     # The coarse default grids (128 px, 10% and 16% Nyquist) still get the variance within 4%.
     for fraction in (0.10, 0.16):
-        q = choose_quadrature(band_limit_pixels(128, fraction), 128, max_shift=8.0)
+        q = choose_quadrature(nyquist_fraction_px(128, fraction), 128, max_shift=8.0)
         np.testing.assert_allclose(q.shift_weights @ q.shifts**2, expected, rtol=0.04)
 
 
@@ -228,10 +226,10 @@ def test_shift_grid_points_and_edge_cases():
     ],
 )
 def test_documented_sizes(box, fraction, max_shift, order, n_dir, n_inplane, n_shift):
-    q = choose_quadrature(band_limit_pixels(box, fraction), box, max_shift=max_shift)
+    q = choose_quadrature(nyquist_fraction_px(box, fraction), box, max_shift=max_shift)
     assert (len(q.directions), q.n_inplane, q.n_shifts) == (n_dir, n_inplane, n_shift)
     assert q.n_rotations == n_dir * n_inplane
-    assert lebedev_order_for_step(angular_step(band_limit_pixels(box, fraction))) == order
+    assert lebedev_order_for_step(angular_step(nyquist_fraction_px(box, fraction))) == order
     assert abs(q.rotation_weights.sum() - 1) < 1e-13 and abs(q.shift_weights.sum() - 1) < 1e-14
     np.testing.assert_allclose(q.rotations[::n_inplane, :, 2], q.directions, atol=1e-14)
 
@@ -270,11 +268,11 @@ def test_quadrature_is_validated_and_read_only():
 
 
 def test_band_limit_conversions():
-    assert band_limit_pixels(128, 0.16) == pytest.approx(10.24)
+    assert nyquist_fraction_px(128, 0.16) == pytest.approx(10.24)
     # 128 px at 2.8 Å/pixel: Nyquist 5.6 Å is 64 Fourier pixels; 35 Å is 10.24.
-    assert resolution_to_band_limit(5.6, 128, 2.8) == pytest.approx(64.0)
-    assert resolution_to_band_limit(35.0, 128, 2.8) == pytest.approx(10.24)
-    assert band_limit_to_resolution(10.24, 128, 2.8) == pytest.approx(35.0)
+    assert band_limit_px(5.6, 128, 2.8) == pytest.approx(64.0)
+    assert band_limit_px(35.0, 128, 2.8) == pytest.approx(10.24)
+    assert resolution_A(10.24, 128, 2.8) == pytest.approx(35.0)
 
 
 def test_finest_band_limit_is_where_the_largest_rule_runs_out():

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fourier import fft3c, shell_index
+from .fourier import fft3c, resolution_A, shell_index
 
 __all__ = ["fsc", "resolution_at", "MapComparison", "compare_maps"]
 
@@ -39,7 +39,7 @@ def resolution_at(curve: np.ndarray, box: int, pixel_size: float, threshold: flo
         i = below[0] + 1  # first shell below
         f0, f1 = curve[i - 1], curve[i]
         shell = (i - 1) + (f0 - threshold) / (f0 - f1) if f0 != f1 else float(i)
-    return float(box * pixel_size / max(shell, 1e-9))
+    return float(resolution_A(max(shell, 1e-9), box, pixel_size))
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 __all__ = [
     "fft2c", "ifft2c", "fft3c", "ifft3c", "fft3c_adjoint",
     "frequencies", "frequency_grid_2d", "radius_grid", "shell_index", "soft_mask",
+    "band_limit_px", "resolution_A", "nyquist_fraction_px",
 ]
 
 
@@ -82,3 +83,21 @@ def soft_mask(n: int, radius: float, width: float = 3.0, *, dtype=torch.float64,
 def shell_index(n: int, ndim: int, *, device=None) -> torch.Tensor:
     """Integer shell (rounded radius) of each grid point; used for FSC and spectra."""
     return torch.round(radius_grid(n, ndim, device=device)).long()
+
+
+# ---------------------------------------------------------------- where Å and Fourier pixels meet
+
+
+def band_limit_px(resolution_A: float, box: int, pixel_size_A: float) -> float:
+    """Band limit in Fourier pixels of a resolution in Å: ``box * pixel_size_A / resolution_A``."""
+    return box * pixel_size_A / resolution_A
+
+
+def resolution_A(band_limit_px: float, box: int, pixel_size_A: float) -> float:
+    """Resolution in Å of a band limit in Fourier pixels: ``box * pixel_size_A / band_limit_px``."""
+    return box * pixel_size_A / band_limit_px
+
+
+def nyquist_fraction_px(box: int, fraction: float) -> float:
+    """Band limit in Fourier pixels of a fraction of Nyquist: ``fraction * box / 2``."""
+    return fraction * box / 2

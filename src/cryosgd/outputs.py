@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import compare_maps
+from .fourier import resolution_A
 from .io import ParticleSet, write_map, write_particles_star
 from .report import plot_fsc, plot_nll, plot_views, write_log_csv, write_report
 from .reconstruct import Reconstruction
@@ -32,7 +33,7 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
     views = {k if isinstance(k, str) else f"{k} grads": v for k, v in rec.snapshots.items()}
     plot_views(outdir / "snapshots.png", views)
     last = [r for r in rec.log if "test_nll" in r]
-    resolution = particles.box * apix / rec.band_limit
+    resolution = resolution_A(rec.band_limit, particles.box, apix)
     summary = {
         "optimizer": rec.settings.optimizer, "learning_rate": rec.learning_rate, "epochs": rec.settings.epochs,
         "steps": rec.log[-1]["step"] if rec.log else 0, "gradients": rec.log[-1]["gradients"] if rec.log else 0,

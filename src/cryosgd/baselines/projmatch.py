@@ -46,7 +46,7 @@ from .backproject import BackProjector
 from ..forward.ctf import compute_ctf
 from ..forward.shift import phase_shifts
 from ..forward.slicing import extract_central_slices
-from ..fourier import fft2c, fft3c, ifft2c, ifft3c, radius_grid, soft_mask
+from ..fourier import band_limit_px, fft2c, fft3c, ifft2c, ifft3c, radius_grid, soft_mask
 from ..forward.bandvolume import BandTransform
 from ..inference.likelihood import half_plane_frequencies
 from ..inference.quadrature import choose_quadrature
@@ -259,7 +259,7 @@ def projection_matching(particles: ParticleSet, *, iterations: int = 5, init=Non
     dataset = load_dataset(particles, settings)
     box, apix = particles.box, particles.pixel_size
     target = target_resolution(resolution, box, apix)
-    band = box * apix / target
+    band = band_limit_px(target, box, apix)
     if not 1.0 <= band <= box / 2:
         raise InputError(particles.source, f"resolution {target:g} Å is outside the box's range "
                                            f"({2 * apix:g} Å to {box * apix:g} Å)")

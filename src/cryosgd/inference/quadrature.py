@@ -43,9 +43,6 @@ __all__ = [
     "inplane_count",
     "shift_step_for_band_limit",
     "choose_quadrature",
-    "band_limit_pixels",
-    "resolution_to_band_limit",
-    "band_limit_to_resolution",
 ]
 
 # Lebedev order (degree of polynomial exactness) -> number of points, as scipy ships them.
@@ -267,24 +264,3 @@ def choose_quadrature(band_limit: float, box: int, *, max_shift: float = 0.0,
         shifts, shift_weights = shift_grid(0.0, 1.0, 1.0)
     return Quadrature(rotations=rotations, rotation_weights=rotation_weights, shifts=shifts,
                       shift_weights=shift_weights, directions=directions, n_inplane=n_inplane)
-
-
-def band_limit_pixels(box: int, fraction_of_nyquist: float) -> float:
-    """Band limit in Fourier pixels for a fraction of Nyquist: ``fraction * box / 2``."""
-    return fraction_of_nyquist * box / 2
-
-
-def resolution_to_band_limit(resolution_A: float, box: int, pixel_size: float) -> float:
-    """Band limit in Fourier pixels of a resolution in Å, ``pixel_size`` in Å/pixel.
-
-    ``box * pixel_size / resolution_A``.
-    """
-    return box * pixel_size / resolution_A
-
-
-def band_limit_to_resolution(band_limit: float, box: int, pixel_size: float) -> float:
-    """Resolution in Å of a band limit in Fourier pixels, ``pixel_size`` in Å/pixel.
-
-    ``box * pixel_size / band_limit``.
-    """
-    return box * pixel_size / band_limit
