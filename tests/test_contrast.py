@@ -63,3 +63,39 @@ def test_resolve_contrast(simulated):
     assert resolve_contrast("no", -images, ctf, 4.0) == (1.0, None)
     with pytest.raises(ValueError):
         resolve_contrast("maybe", images, ctf, 4.0)
+
+
+def _particle_set(tmp_path, images, ctf, pixel_size):
+    from cryosgd.io import ParticleSet, write_stack
+
+    write_stack(tmp_path / "p.mrcs", images, pixel_size)
+    n, box = len(images), images.shape[-1]
+    return ParticleSet(tmp_path / "p.star", [tmp_path / "p.mrcs"] * n, np.arange(n), pixel_size, box, ctf)
+
+
+def test_reconstruct_loads_dark_images_inverted(tmp_path, simulated):
+    """``Settings.invert_contrast``: auto inverts dark images with a one-line notice; yes/no are obeyed."""
+    from cryosgd.reconstruct import Settings, load_dataset
+
+    dark = _particle_set(tmp_path, -simulated.images[:300], simulated.ctf[:300], 4.0)
+    with pytest.warns(UserWarning, match=r"^protein is dark in the images \(z = -\d+\.\d from 300 images\): "
+                                          r"inverting them"):
+        data = load_dataset(dark, Settings(invert_contrast="auto"))
+    assert data.contrast == -1.0
+    idx = np.arange(5)
+    np.testing.assert_allclose(data.images(idx), simulated.images[:5] / data.noise_std, rtol=1e-6)
+    assert load_dataset(dark, Settings(invert_contrast="no")).contrast == 1.0
+    bright = _particle_set(tmp_path, simulated.images[:300], simulated.ctf[:300], 4.0)
+    assert load_dataset(bright, Settings()).contrast == 1.0  # auto, no notice (warnings are errors here)
+    assert load_dataset(bright, Settings(invert_contrast="yes")).contrast == -1.0
+
+
+def test_cli_invert_contrast_option():
+    from cryosgd.cli import _settings_from, build_parser
+
+    for argv, expected in ((["reconstruct", "p.star", "-o", "out"], "auto"),
+                           (["reconstruct", "p.star", "-o", "out", "--invert-contrast", "yes"], "yes")):
+        args = build_parser().parse_args(argv)
+        assert _settings_from(args).invert_contrast == expected
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reconstruct", "p.star", "-o", "out", "--invert-contrast", "maybe"])

@@ -113,6 +113,7 @@ def _settings_from(args, **overrides):
             kw[key] = False
     if getattr(args, "no_centring", False):
         kw["centre_every"] = 0
+    kw["invert_contrast"] = getattr(args, "invert_contrast", "auto")
     kw.update(overrides)
     return base(**kw)
 
@@ -304,6 +305,9 @@ def _add_run_options(p, *, epochs=1.0) -> None:
     p.add_argument("--paper", action="store_true", help="the paper's plain setting: no marching, positivity, "
                                                         "mask or centring")
     p.add_argument("--no-marching", action="store_true", help="fixed band limit")
+    p.add_argument("--invert-contrast", choices=["yes", "no", "auto"], default="auto",
+                   help="multiply the images by -1 (yes: dark protein), keep them (no), or decide from their "
+                        "low frequencies (auto, default; a one-line notice when it inverts them)")
     p.add_argument("--no-positivity", action="store_true")
     p.add_argument("--no-mask", action="store_true")
     p.add_argument("--no-centring", action="store_true")
