@@ -66,6 +66,19 @@ def test_d7_at_a_random_orientation_is_found(turned_d7):
     assert fits["C7"].residual < 3 * fits["D7"].residual and fits["C2"].residual < 0.01
     for lacking in ("C3", "C8", "D8", "T", "O", "I"):
         assert fits[lacking].residual > 3 * fits["D7"].residual, lacking
+    assert report.notes == []  # C2 and C7 fit too, and are subgroups of D7 as placed
+
+
+def test_subgroup_check_and_note():
+    from cryosgd.symmetry.detect import GroupFit, _is_subgroup
+
+    q = rotation_about((1, 2, 3), 0.8)
+    d7 = GroupFit("D7", 14, 1.0, q, [], np.zeros(3))
+    twofold = q @ rotation_about((0, 0, 1), 3 * np.pi / 7)  # a C2 along one of D7's 2-folds
+    c2 = GroupFit("C2", 2, 1.0, twofold @ rotation_about((0, 1, 0), np.pi / 2), [], np.zeros(3))
+    assert _is_subgroup(c2, d7)
+    assert not _is_subgroup(GroupFit("C3", 3, 1.0, q, [], np.zeros(3)), d7)
+    assert not _is_subgroup(GroupFit("C2", 2, 1.0, q, [], np.zeros(3)), d7)  # along the 7-fold axis: no
 
 
 def test_asymmetric_map_is_c1(demo_map):

@@ -279,6 +279,21 @@ def _fit(name: str, q: np.ndarray, prepared: torch.Tensor) -> GroupFit:
     return GroupFit(name, len(group), corr, q, axes, matrix_to_relion_euler(q[None])[0])
 
 
+def _is_subgroup(small: GroupFit, big: GroupFit, tolerance: float = 0.1) -> bool:
+    """Whether ``small``'s operators, as placed in the map, are all (within ``tolerance``) operators of ``big``."""
+    a = small.orientation @ point_group(small.group) @ small.orientation.T
+    b = big.orientation @ point_group(big.group) @ big.orientation.T
+    return all(np.abs(b - m).reshape(len(b), -1).max(1).min() < tolerance for m in a)
+
+
+def _consistent(fits, max_residual: float, factor: float) -> list:
+    nontrivial = [f for f in fits if f.order > 1]
+    if not nontrivial:
+        return []
+    floor = min(f.residual for f in nontrivial)
+    return [f for f in nontrivial if f.residual <= max_residual and f.residual <= factor * max(floor, 1e-6)]
+
+
 def choose_group(fits, max_residual: float = 0.1, factor: float = 3.0) -> GroupFit:
     """The group that best explains the map: the largest consistent one, else C1.
 
@@ -288,11 +303,7 @@ def choose_group(fits, max_residual: float = 0.1, factor: float = 3.0) -> GroupF
     noise and interpolation set for a symmetry the map truly has (every subgroup of the map's group
     sits at that floor).  The largest consistent group wins; at equal order, the smaller residual.
     """
-    nontrivial = [f for f in fits if f.order > 1]
-    if not nontrivial:
-        return next(f for f in fits if f.order == 1)
-    floor = min(f.residual for f in nontrivial)
-    passing = [f for f in nontrivial if f.residual <= max_residual and f.residual <= factor * max(floor, 1e-6)]
+    passing = _consistent(fits, max_residual, factor)
     if not passing:
         return next(f for f in fits if f.order == 1)
     return max(passing, key=lambda f: (f.order, -f.residual))
@@ -348,7 +359,13 @@ def find_symmetry(volume, *, candidates=DEFAULT_CANDIDATES, size: int = 32, max_
             q, _ = _refine(scorer, cand[int(s.argmax())], group, rng, steps=(0.04, 0.02, 0.01), n=12)
         fits.append(_fit(name, q, prepared))
     best = choose_group(fits, max_residual, factor)
-    return SymmetryReport(fits, best, max_residual, factor, prepared.shape[0])
+    others = [f.group for f in _consistent(fits, max_residual, factor) if f is not best and not _is_subgroup(f, best)]
+    notes = []
+    if others:
+        notes.append(f"note: {', '.join(others)} fit as well but are not subgroups of {best.group} as placed: the map "
+                     f"is nearly cylindrical or spherical at this resolution and {best.group} rests on its order "
+                     f"alone; a larger --size may separate them")
+    return SymmetryReport(fits, best, max_residual, factor, prepared.shape[0], notes)
 
 
 def symmetry_of_map_file(path, *, groups: str | None = None, size: int = 32) -> SymmetryReport:
