@@ -90,6 +90,13 @@ def _cmd_fsc(args) -> None:
         print(report.text())
 
 
+def _cmd_symmetry(args) -> None:
+    from .symmetry.detect import symmetry_of_map_file
+
+    report = symmetry_of_map_file(args.map, groups=args.groups, size=args.size)
+    print(json.dumps(report.as_dict()) if args.json else report.text())
+
+
 def _settings_from(args, **overrides):
     from .reconstruct import Settings
 
@@ -106,6 +113,7 @@ def _settings_from(args, **overrides):
             kw[key] = False
     if getattr(args, "no_centring", False):
         kw["centre_every"] = 0
+    kw["invert_contrast"] = getattr(args, "invert_contrast", "auto")
     kw.update(overrides)
     return base(**kw)
 
@@ -297,6 +305,9 @@ def _add_run_options(p, *, epochs=1.0) -> None:
     p.add_argument("--paper", action="store_true", help="the paper's plain setting: no marching, positivity, "
                                                         "mask or centring")
     p.add_argument("--no-marching", action="store_true", help="fixed band limit")
+    p.add_argument("--invert-contrast", choices=["yes", "no", "auto"], default="auto",
+                   help="multiply the images by -1 (yes: dark protein), keep them (no), or decide from their "
+                        "low frequencies (auto, default; a one-line notice when it inverts them)")
     p.add_argument("--no-positivity", action="store_true")
     p.add_argument("--no-mask", action="store_true")
     p.add_argument("--no-centring", action="store_true")
@@ -373,6 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--apix", type=float, help="pixel size in Å (default: from the headers)")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.set_defaults(func=_cmd_fsc)
+
+    y = sub.add_parser("symmetry", help="the point group that best explains a C1 map, with its axes",
+                       epilog="example: cryosgd symmetry run/final.mrc --groups C2,C3,D7,T,O,I --json",
+                       description="Fit C2-C8, D2-D8, T, O and I (RELION's orientations) to a centred map: "
+                                   "each group's correlation with the symmetrised map, its axes, and the RELION "
+                                   "Euler angles at which the map is in RELION's standard orientation.")
+    y.add_argument("map", help="a map (MRC), the particle at the box centre")
+    y.add_argument("--groups", help="comma-separated candidates (default C2-C8, D2-D8, T, O, I)")
+    y.add_argument("--size", type=int, default=32, help="search box in voxels, a low-pass (default 32)")
+    y.add_argument("--json", action="store_true", help="print one JSON object")
+    y.set_defaults(func=_cmd_symmetry)
     return p
 
 

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -83,6 +84,7 @@ class Settings:
     noise_std: float | None = None          # None: estimated from the background
     device: str = "cpu"
     precision: str = "auto"                 # auto | float32 | tf32 | float64 (see resolve_precision)
+    invert_contrast: str = "auto"           # yes | no | auto: from the images (inference/contrast.py)
 
     @classmethod
     def paper(cls, **kw) -> "Settings":
@@ -100,9 +102,10 @@ class Dataset:
     noise_std: float
     train: np.ndarray        # indices into particles
     test: np.ndarray
+    contrast: float = 1.0    # -1: the images are inverted as read (dark protein)
 
     def images(self, index) -> np.ndarray:
-        return self.particles.read_images(np.asarray(index)) / self.noise_std
+        return self.particles.read_images(np.asarray(index)) * (self.contrast / self.noise_std)
 
 
 def load_dataset(particles: ParticleSet, settings: Settings) -> Dataset:
@@ -121,7 +124,20 @@ def load_dataset(particles: ParticleSet, settings: Settings) -> Dataset:
         noise = estimate_noise_std(sample, min(radius, 0.45 * box))
         if not noise > 0:
             raise InputError(particles.source, "the images' background has zero variance")
-    return Dataset(particles, float(noise), order[settings.test_size:], order[:settings.test_size])
+    contrast = _contrast_factor(particles, settings, np.sort(order[:min(n, 1000)]))
+    return Dataset(particles, float(noise), order[settings.test_size:], order[:settings.test_size], contrast)
+
+
+def _contrast_factor(particles: ParticleSet, settings: Settings, sample: np.ndarray) -> float:
+    """-1 to invert the images, +1 to keep them (``Settings.invert_contrast``); a notice when flipped."""
+    from .inference.contrast import resolve_contrast
+
+    images = particles.read_images(sample) if settings.invert_contrast == "auto" else None
+    factor, notice = resolve_contrast(settings.invert_contrast, images, particles.ctf[sample], particles.pixel_size,
+                                      radius=0.5 * _diameter_px(particles, settings))
+    if factor < 0 and notice:
+        warnings.warn(notice, stacklevel=3)
+    return factor
 
 
 def _diameter_px(particles: ParticleSet, settings: Settings) -> float:
@@ -145,6 +161,7 @@ class Reconstruction:
     chunk: int = 0
     peak_memory: int = 0                    # bytes: the process's peak resident memory
     operator_bytes: int = 0                 # bytes: the final kernel's slicing operator and its transpose
+    contrast: float = 1.0                   # the images' factor: -1 when they were inverted (Dataset.contrast)
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -413,7 +430,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     final_kernel = kernel_for(band_at(max(step - 1, 0)))
     return Reconstruction(volume.cpu().numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
                           dataset.noise_std, time.time() - t_start, kernel_seconds, final_kernel.chunk,
-                          peak_rss_bytes(), final_kernel.operator_bytes)
+                          peak_rss_bytes(), final_kernel.operator_bytes, contrast=dataset.contrast)
 
 
 def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
@@ -480,7 +497,7 @@ def assign_poses(particles: ParticleSet, volume: np.ndarray, rec: Reconstruction
     mine = parallel.shard(np.arange(n))
     for start in range(0, len(mine), batch):
         idx = mine[start:start + batch]
-        mb = kern.prepare(particles.read_images(idx) / rec.noise_std, particles.ctf[idx])
+        mb = kern.prepare(particles.read_images(idx) * (rec.contrast / rec.noise_std), particles.ctf[idx])
         res = kern(vol, mb, gradient=False)
         rots[idx], shifts[idx], probs[idx] = res.best_rotation, res.best_shift, res.best_probability
         if progress is not None:
