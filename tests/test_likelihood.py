@@ -7,7 +7,7 @@ import torch
 
 from cryosgd.forward.ctf import CTFParams
 from cryosgd.forward.slicing import extract_central_slices
-from cryosgd.inference.likelihood import MarginalLikelihood, _tf32_products, half_plane_frequencies
+from cryosgd.inference.likelihood import LikelihoodBatch, MarginalLikelihood, _tf32_products, half_plane_frequencies
 from cryosgd.inference.objective import Objective
 from cryosgd.inference.prior import DensityPrior
 from cryosgd.inference.quadrature import lebedev_directions
@@ -83,6 +83,33 @@ def test_gradient_matches_finite_differences():
         e[idx] = eps
         fd = (obj(vol + e, batch).value - obj(vol - e, batch).value) / (2 * eps)
         assert math.isclose(fd, float(g[idx]), rel_tol=1e-5, abs_tol=1e-9)
+
+
+def test_objective_is_the_mean_over_the_minibatch_plus_the_prior_over_k():
+    """The scale of the objective itself, against the naive per-image log-likelihoods.
+
+    Learning-rate tuning absorbs a constant factor in the gradient, so a wrong 1/B (or a wrong
+    divisor of a sum across processes) would pass every reconstruction test: it is pinned here.
+    """
+    kern, vol, batch, rs, shifts, sw = tiny_problem(seed=2)
+    k = 50
+    prior = DensityPrior(0.3, 0.2)
+    obj = Objective(kern, prior, n_images=k)
+    v = vol.clone().requires_grad_(True)
+    per_image, _ = naive_log_likelihood(kern, v, batch, rs, shifts, sw)                     # (B,)
+    expected = -per_image.mean() + prior.negative_log(v) / k
+    expected.backward()
+    got = obj(vol, batch)
+    assert math.isclose(got.value, float(expected.detach()), rel_tol=1e-10)
+    assert float((got.gradient - v.grad).abs().max()) < 1e-10 * float(v.grad.abs().max())
+    # a process's share of a minibatch is divided by the whole minibatch's size
+    share = LikelihoodBatch(batch.data[:2], batch.ctf[:2], batch.data_norm[:2])
+    part = obj(vol, share, total=len(batch))
+    per_image = per_image.detach()
+    assert math.isclose(part.value, float(-per_image[:2].sum() / len(batch) + prior.negative_log(vol) / k),
+                        rel_tol=1e-10)
+    # the held-out NLL is the plain mean, with no prior
+    assert math.isclose(obj.test_nll(vol, batch), float(-per_image.mean()), rel_tol=1e-10)
 
 
 @pytest.mark.parametrize("n_shifts", [1, 3])
