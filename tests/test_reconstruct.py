@@ -75,20 +75,32 @@ def test_sgd_recovers_relion_projected_particles(tmp_path_factory, test_data, re
 
 
 def test_all_seven_optimisers_reach_similar_test_nll(own_simulation):
-    """As in the paper (10 epochs each there), every method runs several epochs on the same data."""
+    """As in the paper (10 epochs each there), every method runs several epochs on the same data.
+
+    Each must lower the held-out NLL from that of the starting density (a run with a learning rate
+    of 0: the same split, density and evaluation kernel), by most of the best method's gain: landing
+    close together is not enough, since methods that all stall land together too.
+    """
     particles, truth = own_simulation
     sub = particles.subset(np.arange(2500))
+    common = dict(epochs=5.0, resolution=3.0 * 64 / 6.4, evaluations=4, seed=0)
+    start = reconstruct(sub, Settings(learning_rate=0.0, **{**common, "epochs": 1 / 24}))
+    assert start.log[-1]["step"] == 1
+    start_nll = start.log[-1]["test_nll"]
     finals = {}
     for name in ["sgd", "cm", "nag", "adagrad", "tonga", "olbfgs", "hf"]:
-        s = Settings(optimizer=name, epochs=5.0, resolution=3.0 * 64 / 6.4, evaluations=4, seed=0)
-        rec = reconstruct(sub, s)
+        rec = reconstruct(sub, Settings(optimizer=name, **common))
         nll = [r["test_nll"] for r in rec.log if "test_nll" in r]
         assert all(np.isfinite(nll))
         finals[name] = nll[-1]
-        print(f"{name}: lr {rec.learning_rate:.3g}, final test NLL {nll[-1]:.3f}, "
+        print(f"{name}: lr {rec.learning_rate:.3g}, final test NLL {nll[-1]:.3f} (start {start_nll:.3f}), "
               f"{rec.log[-1]['gradients']} gradient evaluations")
     spread = max(finals.values()) - min(finals.values())
     assert spread < 3.0, finals  # nats per image, as in the paper's Figure 3
+    gain = start_nll - min(finals.values())
+    assert gain > 20.0, (start_nll, finals)  # measured: SGD from 253.2 to 195.6
+    for name, final in finals.items():
+        assert start_nll - final > 0.75 * gain, (name, start_nll, finals)
 
 
 # base learning rates near the tuned ones, pinned: tuning is not under test here, and with it a resumed
