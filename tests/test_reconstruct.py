@@ -43,6 +43,7 @@ def own_simulation(tmp_path_factory, test_data):
 
 
 
+@pytest.mark.slow
 def test_sgd_recovers_structure_within_one_epoch(own_simulation):
     particles, truth = own_simulation
     scores = []
@@ -55,6 +56,7 @@ def test_sgd_recovers_structure_within_one_epoch(own_simulation):
     assert sum(s >= 0.5 for s in scores) >= 4, scores
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_sgd_recovers_relion_projected_particles(tmp_path_factory, test_data, relion_programs):
     from cryosgd.relion import relion_simulate
@@ -74,6 +76,7 @@ def test_sgd_recovers_relion_projected_particles(tmp_path_factory, test_data, re
     assert sum(s >= 0.5 for s in scores) >= 4, scores
 
 
+@pytest.mark.slow
 def test_all_seven_optimisers_reach_similar_test_nll(own_simulation):
     """As in the paper (10 epochs each there), every method runs several epochs on the same data.
 
