@@ -24,6 +24,9 @@ from cryosgd.simulation import load_source_volume, simulate_dataset
 DEMO = Path(__file__).resolve().parents[1] / "src" / "cryosgd" / "data" / "demo_5fuu_64px_3A.mrc"
 BAND_LIMIT = 9.6  # Fourier pixels: 30% of Nyquist at 64 px
 SEEDS = [0, 1, 2, 3, 4]
+# SGD's base learning rate, pinned (tuned: 0.22 and 0.17 for seeds 0 and 1): tuning fixes the length of
+# the first step, so it would hide a gradient off by a constant factor
+SGD_RATE = 0.2
 
 
 def run_and_score(particles, truth, **settings):
@@ -48,7 +51,7 @@ def test_sgd_recovers_structure_within_one_epoch(own_simulation):
     particles, truth = own_simulation
     scores = []
     for seed in SEEDS:
-        rec, cmp, score = run_and_score(particles, truth, seed=seed, epochs=1.0)
+        rec, cmp, score = run_and_score(particles, truth, seed=seed, epochs=1.0, learning_rate=SGD_RATE)
         assert rec.log[-1]["epoch"] <= 1.0 + 1e-9
         scores.append(score)
         print(f"seed {seed}: FSC {score:.3f} at 80% of band ({cmp.resolution_05:.1f} Å at 0.5), "
