@@ -1,16 +1,17 @@
-"""Data parallelism on torch.distributed (gloo): same map as one process; a dead rank is survivable."""
+"""Data parallelism on torch.distributed (gloo): the objective and the map of one process; a dead rank is survivable."""
 import json
 import os
-import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import cryosgd.reconstruct
+from cryosgd.cli import main as cli
 from cryosgd.evaluate import fsc
 from cryosgd.io import read_map
 from cryosgd.simulation import simulate_dataset
@@ -31,9 +32,59 @@ def run_cli(*args, **kw):
                           text=True, **kw)
 
 
+# one process's share of a minibatch of 7 images; run alone, or as process RANK of WORLD_SIZE
+SHARE = """
+import sys
+
+import numpy as np
+import torch
+
+from cryosgd import parallel
+from cryosgd.forward.ctf import CTFParams
+from cryosgd.inference.likelihood import MarginalLikelihood
+from cryosgd.inference.objective import Objective
+from cryosgd.inference.prior import DensityPrior
+from cryosgd.inference.quadrature import lebedev_directions
+from cryosgd.inference.rotation_set import build_rotation_set
+
+parallel.init_from_environment("cpu")
+d, w = lebedev_directions(7)
+kern = MarginalLikelihood(16, 3.0, 4.0, build_rotation_set(d, w, 8), noise_std=1.3, dtype=torch.float64)
+rng = np.random.default_rng(0)
+volume = torch.tensor(rng.standard_normal((16, 16, 16))) * 0.1
+images = rng.standard_normal((7, 16, 16))
+ctf = CTFParams.make(rng.uniform(5e3, 1e4, 7), rng.uniform(5e3, 1e4, 7), 0.3, 300, 2.7, 0.1)
+mine = parallel.shard(np.arange(7))
+out = Objective(kern, DensityPrior(0.3, 0.2), n_images=50)(volume, kern.prepare(images[mine], ctf[mine]), total=7)
+torch.save({"share": len(mine), "value": out.value, "gradient": out.gradient}, f"{sys.argv[1]}.{parallel.rank()}")
+"""
+
+
+def test_two_processes_compute_the_objective_of_one(tmp_path):
+    """The all-reduced minibatch objective and gradient, not only a map after learning-rate tuning
+    (which would absorb a gradient off by a constant factor, such as a wrong divisor of the sum)."""
+    script = tmp_path / "share.py"
+    script.write_text(SHARE)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "one")], env=ENV)]
+    procs += [subprocess.Popen([sys.executable, str(script), str(tmp_path / "two")],
+                               env={**ENV, **dist, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    one = torch.load(tmp_path / "one.0")
+    two = [torch.load(tmp_path / f"two.{r}") for r in range(2)]
+    assert one["share"] == 7 and [t["share"] for t in two] == [4, 3]
+    for t in two:  # every process holds the whole minibatch's objective
+        assert t["value"] == pytest.approx(one["value"], rel=1e-12)
+        assert float((t["gradient"] - one["gradient"]).abs().max()) < 1e-10 * float(one["gradient"].abs().max())
+
+
 def test_two_processes_give_the_same_map_as_one(small_set, tmp_path):
+    # the learning rate is pinned (near the tuned 0.32): tuning would hide a gradient off by a constant factor
     common = ["reconstruct", small_set.particles, "--epochs", "0.5", "--resolution", "24", "--seed", "2",
-              "--device", "cpu"]
+              "--learning-rate", "0.3", "--device", "cpu"]
     one = run_cli(*common, "-o", tmp_path / "one", "--nproc", "1")
     assert one.returncode == 0, one.stderr
     two = run_cli(*common, "-o", tmp_path / "two", "--nproc", "2")
@@ -50,32 +101,71 @@ def test_two_processes_give_the_same_map_as_one(small_set, tmp_path):
     assert summary["rotation_chunk"] > 0
 
 
-def test_a_killed_rank_ends_the_run_cleanly_and_it_resumes_with_another_count(small_set, tmp_path):
+# a stand-in for `cryosgd.cli._spawned` that kills process 1 of the run right after its all-reduced
+# gradient of step FAULT_STEP: process 0 has then written the checkpoint of the step before
+# (it joined that all-reduce after writing it) and cannot write another (that takes a collective)
+FAULT = """
+import os
+import signal
+
+import cryosgd.cli
+from cryosgd.inference.objective import Objective
+
+STEP = int(os.environ["FAULT_STEP"])
+
+
+def spawned(index, argv, world, port):
+    if index == 1:
+        evaluate, calls = Objective.__call__, []
+
+        def dying(self, *args, **kw):
+            out = evaluate(self, *args, **kw)
+            calls.append(1)
+            if len(calls) == STEP:  # one objective evaluation per step (CM, no tuning)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        Objective.__call__ = dying
+    cryosgd.cli._spawned(index, argv, world, port)
+"""
+
+
+def test_a_killed_rank_ends_the_run_cleanly_and_it_resumes_with_another_count(small_set, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cryosgd", "reconstruct", str(small_set.particles), "-o", str(out), "--epochs",
-           "6", "--resolution", "24", "--nproc", "2", "--checkpoint-every", "0", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt = out / "checkpoint.pt"
-    deadline = time.time() + 600
-    while not ckpt.is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert ckpt.is_file(), "no checkpoint appeared"
-    time.sleep(2)
-    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-    workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
-    assert len(workers) == 2
-    os.kill(workers[-1], signal.SIGKILL)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 3
+    # 33 steps of CM (11 per epoch): killed in step 22, resumed across the centring step 25
+    args = ["reconstruct", str(small_set.particles), "-o", str(out), "--epochs", "3", "--resolution", "24",
+            "--optimizer", "cm", "--learning-rate", "0.3", "--checkpoint-every", "0", "--device", "cpu"]
+    (tmp_path / "faulty.py").write_text(FAULT)
+    env = {**ENV, "FAULT_STEP": "22",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    driver = ("import sys, cryosgd.cli, faulty; cryosgd.cli._spawned = faulty.spawned; "
+              "sys.exit(cryosgd.cli.main(sys.argv[1:]))")
+    killed = subprocess.run([sys.executable, "-c", driver, *args, "--nproc", "2"], env=env, capture_output=True,
+                            text=True, timeout=900)
+    err = killed.stderr
+    assert killed.returncode == 3, err
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("cryosgd:")]
     assert lines and "checkpoint is intact" in lines[-1], err
+    assert "exited with code" in lines[-1], err  # killed (or ended by the other's death), not an exception
     assert "Traceback" not in err
-    state = torch.load(ckpt, weights_only=False)  # intact, readable
-    assert state["step"] >= 1
-    resumed = run_cli("reconstruct", small_set.particles, "-o", out, "--epochs", "6", "--resolution", "24",
-                      "--nproc", "1", "--checkpoint-every", "0", "--device", "cpu")
-    assert resumed.returncode == 0, resumed.stderr
+    ckpt = out / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)  # intact, readable, of the last step both processes finished
+    assert state["step"] == 21
+    # resumed in one process: it starts at the saved step, keeps the saved rows, and runs to the end
+    done = []
+    run = cryosgd.reconstruct.reconstruct
+
+    def recording(*a, progress=None, **kw):
+        def both(d, total, row):
+            done.append(d)
+            progress(d, total, row)
+        return run(*a, progress=both, **kw)
+
+    monkeypatch.setattr(cryosgd.reconstruct, "reconstruct", recording)
+    monkeypatch.setenv("CRYOSGD_QUIET", "1")
+    assert cli([*args, "--nproc", "1"]) == 0
+    assert done == list(range(22, 34))
     final = torch.load(ckpt, weights_only=False)
-    assert final["step"] > state["step"]
+    assert final["step"] == 33 and final["log"][:21] == state["log"]
     vol, _ = read_map(out / "map.mrc")
     assert np.isfinite(vol).all() and vol.max() > 0

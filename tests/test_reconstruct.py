@@ -5,18 +5,28 @@ tables, uniform orientations. Each reconstruction is scored by FSC against the t
 alignment over rotation, shift and hand, at 80% of the band limit it ran at.
 """
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
+import cryosgd.reconstruct
 from cryosgd.cli import main as cli
 from cryosgd.evaluate import compare_maps
 from cryosgd.forward.simulate import draw_ctfs
+from cryosgd.inference.objective import Objective
 from cryosgd.io import load_particles, read_map
 from cryosgd.reconstruct import Settings, reconstruct
-from cryosgd.simulation import load_source_volume
+from cryosgd.simulation import load_source_volume, simulate_dataset
 
+DEMO = Path(__file__).resolve().parents[1] / "src" / "cryosgd" / "data" / "demo_5fuu_64px_3A.mrc"
 BAND_LIMIT = 9.6  # Fourier pixels: 30% of Nyquist at 64 px
 SEEDS = [0, 1, 2, 3, 4]
+# SGD's base learning rate, pinned (tuned: 0.22 and 0.17 for seeds 0 and 1): tuning fixes the length of
+# the first step, so it would hide a gradient off by a constant factor
+SGD_RATE = 0.2
 
 
 def run_and_score(particles, truth, **settings):
@@ -36,11 +46,12 @@ def own_simulation(tmp_path_factory, test_data):
 
 
 
+@pytest.mark.slow
 def test_sgd_recovers_structure_within_one_epoch(own_simulation):
     particles, truth = own_simulation
     scores = []
     for seed in SEEDS:
-        rec, cmp, score = run_and_score(particles, truth, seed=seed, epochs=1.0)
+        rec, cmp, score = run_and_score(particles, truth, seed=seed, epochs=1.0, learning_rate=SGD_RATE)
         assert rec.log[-1]["epoch"] <= 1.0 + 1e-9
         scores.append(score)
         print(f"seed {seed}: FSC {score:.3f} at 80% of band ({cmp.resolution_05:.1f} Å at 0.5), "
@@ -48,6 +59,7 @@ def test_sgd_recovers_structure_within_one_epoch(own_simulation):
     assert sum(s >= 0.5 for s in scores) >= 4, scores
 
 
+@pytest.mark.slow
 @pytest.mark.relion
 def test_sgd_recovers_relion_projected_particles(tmp_path_factory, test_data, relion_programs):
     from cryosgd.simulation import relion_simulate
@@ -67,32 +79,94 @@ def test_sgd_recovers_relion_projected_particles(tmp_path_factory, test_data, re
     assert sum(s >= 0.5 for s in scores) >= 4, scores
 
 
+@pytest.mark.slow
 def test_all_seven_optimisers_reach_similar_test_nll(own_simulation):
-    """As in the paper (10 epochs each there), every method runs several epochs on the same data."""
+    """As in the paper (10 epochs each there), every method runs several epochs on the same data.
+
+    Each must lower the held-out NLL from that of the starting density (a run with a learning rate
+    of 0: the same split, density and evaluation kernel), by most of the best method's gain: landing
+    close together is not enough, since methods that all stall land together too.
+    """
     particles, truth = own_simulation
     sub = particles.subset(np.arange(2500))
+    common = dict(epochs=5.0, resolution=3.0 * 64 / 6.4, evaluations=4, seed=0)
+    start = reconstruct(sub, Settings(learning_rate=0.0, **{**common, "epochs": 1 / 24}))
+    assert start.log[-1]["step"] == 1
+    start_nll = start.log[-1]["test_nll"]
     finals = {}
     for name in ["sgd", "cm", "nag", "adagrad", "tonga", "olbfgs", "hf"]:
-        s = Settings(optimizer=name, epochs=5.0, resolution=3.0 * 64 / 6.4, evaluations=4, seed=0)
-        rec = reconstruct(sub, s)
+        rec = reconstruct(sub, Settings(optimizer=name, **common))
         nll = [r["test_nll"] for r in rec.log if "test_nll" in r]
         assert all(np.isfinite(nll))
         finals[name] = nll[-1]
-        print(f"{name}: lr {rec.learning_rate:.3g}, final test NLL {nll[-1]:.3f}, "
+        print(f"{name}: lr {rec.learning_rate:.3g}, final test NLL {nll[-1]:.3f} (start {start_nll:.3f}), "
               f"{rec.log[-1]['gradients']} gradient evaluations")
     spread = max(finals.values()) - min(finals.values())
     assert spread < 3.0, finals  # nats per image, as in the paper's Figure 3
+    gain = start_nll - min(finals.values())
+    assert gain > 20.0, (start_nll, finals)  # measured: SGD from 253.2 to 195.6
+    for name, final in finals.items():
+        assert start_nll - final > 0.75 * gain, (name, start_nll, finals)
 
 
-def test_resumed_run_gives_the_same_map(own_simulation, tmp_path):
-    particles, _ = own_simulation
-    sub = particles.subset(np.arange(1500))
-    s = Settings(epochs=1.0, resolution=3.0 * 64 / 6.4, evaluations=4, seed=3, tune_steps=4)
-    whole = reconstruct(sub, s)
-    ckpt = tmp_path / "run.pt"
-    first = reconstruct(sub, s, checkpoint=ckpt, stop_after=6)
-    assert first.log[-1]["step"] == 6 and ckpt.is_file()
-    resumed = reconstruct(sub, s, checkpoint=ckpt)
-    assert resumed.log[-1]["step"] == whole.log[-1]["step"]
-    assert np.array_equal(resumed.volume, whole.volume)
-    assert [r["gradients"] for r in resumed.log] == [r["gradients"] for r in whole.log]
+# base learning rates near the tuned ones, pinned: tuning is not under test here, and with it a resumed
+# run would not be the only work the second process does
+RESUME_RATES = {"cm": 0.2, "olbfgs": 0.02, "tonga": 0.7, "hf": 0.1}
+
+
+@pytest.fixture(scope="module")
+def small_simulation(tmp_path_factory):
+    """370 particles at 32 px, 6 Å/px: a step costs a tenth of one at 64 px."""
+    paths, _ = simulate_dataset(DEMO, tmp_path_factory.mktemp("sim32"), n=370, box=32, pixel_size=6.0, snr=0.05,
+                                seed=5)
+    return load_particles(paths.particles)
+
+
+@pytest.mark.parametrize("optimizer", sorted(RESUME_RATES))
+def test_resumed_run_gives_the_same_map(small_simulation, tmp_path, monkeypatch, optimizer):
+    """A run killed after a checkpoint and started again continues from that checkpoint.
+
+    A restart from scratch would end with the same map (the data order is a function of the seed),
+    so the test also checks that the second process began at the saved step: its first step, its
+    objective evaluations and the log rows it took over.  The optimisers carry state (momentum, the
+    L-BFGS history, TONGA's covariance, HF's damping and previous solution), and the resumed part
+    crosses a change of band limit (at step 16) and a centring step (25).
+    """
+    sub = small_simulation  # 320 training images: 32 steps of 10
+    s = Settings(optimizer=optimizer, learning_rate=RESUME_RATES[optimizer], batch_size=10, epochs=1.0,
+                 resolution=40.0, evaluations=4, test_size=50, seed=3, checkpoint_every=0.0,
+                 memory_budget=256 << 20)
+    calls = []
+
+    class CountingObjective(Objective):
+        def __call__(self, *args, **kw):
+            calls.append(1)
+            return super().__call__(*args, **kw)
+
+    monkeypatch.setattr(cryosgd.reconstruct, "Objective", CountingObjective)
+    ckpt, killed = tmp_path / "whole.pt", tmp_path / "killed.pt"
+    calls_after = {}
+
+    def whole_progress(done, total, row):
+        calls_after[done] = len(calls)
+        if done == 15:  # the checkpoint as a run killed now would leave it
+            shutil.copyfile(ckpt, killed)
+
+    whole = reconstruct(sub, s, checkpoint=ckpt, progress=whole_progress)
+    n_steps = whole.log[-1]["step"]
+    saved = torch.load(killed, weights_only=False)
+    k = saved["step"]
+    assert k < s.centre_every < n_steps
+    assert any(r["band_limit"] != saved["log"][-1]["band_limit"] for r in whole.log[k:])
+    before = len(calls)
+    done = []
+    resumed = reconstruct(sub, s, checkpoint=killed, progress=lambda d, t, row: done.append(d))
+    # it took the remaining steps only, and did no more work than they took in the uninterrupted run
+    assert done == list(range(k + 1, n_steps + 1))
+    assert len(calls) - before == calls_after[n_steps] - calls_after[k]
+    # the rows before the checkpoint are the checkpoint's own (their wall-clock times included)
+    assert resumed.log[:k] == saved["log"] == whole.log[:k]
+    # and the run ends as the uninterrupted one did
+    assert np.array_equal(resumed.volume, whole.volume), "the resumed run ended with another map"
+    strip = [{key: v for key, v in r.items() if key != "seconds"} for r in whole.log]
+    assert [{key: v for key, v in r.items() if key != "seconds"} for r in resumed.log] == strip

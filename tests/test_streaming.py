@@ -5,8 +5,8 @@ import itertools
 import pickle
 import sys
 import threading
-import time
 import warnings
+from concurrent.futures import Future
 
 import mrcfile
 import numpy as np
@@ -194,31 +194,46 @@ def test_prefetcher_yields_in_order(depth):
 
 
 def test_prefetcher_loads_at_most_depth_ahead():
-    loaded, consumed, ahead = [], [], []
+    """While the caller holds item k, keys up to k + depth are drawn (no further) and loaded."""
+    drawn, loaded = [], []
+    ready = [threading.Event() for _ in range(12)]
+
+    def keys():
+        for key in range(12):
+            drawn.append(key)
+            yield key
 
     def load(key):
         loaded.append(key)
+        ready[key].set()
         return key
 
-    with Prefetcher(load, range(12), depth=3) as items:
+    consumed = []
+    with Prefetcher(load, keys(), depth=3) as items:
         for key, _ in items:
-            time.sleep(0.01)  # let the loader run as far ahead as it may
             consumed.append(key)
-            ahead.append(len(loaded) - len(consumed))
-    assert consumed == list(range(12)) and max(ahead) == 3
+            last = min(key + 3, 11)
+            assert drawn == list(range(last + 1))  # drawn in the caller's thread, by next()
+            assert ready[last].wait(timeout=60)    # loaded in the background meanwhile
+            assert loaded == drawn
+    assert consumed == list(range(12))
 
 
 def test_prefetcher_overlaps_loading_and_computing():
+    """The next item is loaded, in another thread, before the caller has finished with the current one."""
+    ready = [threading.Event() for _ in range(10)]
+    loaders = set()
+
     def load(key):
-        time.sleep(0.1)  # the disk
+        loaders.add(threading.get_ident())
+        ready[key].set()
         return key
 
-    start = time.perf_counter()
     with Prefetcher(load, range(10)) as items:
-        for _ in items:
-            time.sleep(0.1)  # the computation
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.5, f"10 loads and 10 computations of 0.1 s took {elapsed:.2f} s: no overlap"
+        for key, _ in items:
+            if key < 9:  # the caller "computes" until the next item is there: it never asks for it first
+                assert ready[key + 1].wait(timeout=60), f"item {key + 1} was not loaded while item {key} was in use"
+    assert len(loaders) == 1 and threading.get_ident() not in loaders
 
 
 def test_prefetcher_raises_at_the_failing_item():
@@ -246,23 +261,35 @@ def test_prefetcher_raises_at_the_failing_item():
     assert got == [0, 1, 2, 3]
 
 
-def test_prefetcher_stops_cleanly():
-    calls = []
+def test_prefetcher_stops_cleanly(monkeypatch):
+    """close() cancels the queued loads and waits for the running one: nothing loads after it."""
+    started, finished = [], []
+    running, cancelled = threading.Event(), threading.Event()
+    cancel = Future.cancel
+
+    def observed_cancel(future):
+        done = cancel(future)
+        if done:  # a queued load was cancelled: let the running one end
+            cancelled.set()
+        return done
+
+    monkeypatch.setattr(Future, "cancel", observed_cancel)
 
     def load(key):
-        calls.append(key)
-        time.sleep(0.05)
+        started.append(key)
+        if key == 3:
+            running.set()
+            if not cancelled.wait(timeout=60):
+                return key  # never finished: close() cancelled nothing
+        finished.append(key)
         return key
 
     items = Prefetcher(load, itertools.count(), depth=2)  # endless keys
     assert [next(items)[0] for _ in range(3)] == [0, 1, 2]
-    start = time.perf_counter()
+    assert running.wait(timeout=60)  # key 3 is loading in the one thread, key 4 waits behind it
     items.close()
-    assert time.perf_counter() - start < 0.5  # waits for the one running load at most
     assert not _prefetch_threads()
-    made = len(calls)
-    time.sleep(0.15)
-    assert len(calls) == made <= 3 + 2 + 1  # nothing loads after close
+    assert started == finished == [0, 1, 2, 3]
     with pytest.raises(StopIteration):
         next(items)
     items.close()  # idempotent
