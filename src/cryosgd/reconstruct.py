@@ -165,16 +165,19 @@ def centre_density(volume: torch.Tensor) -> torch.Tensor:
 
 def target_resolution(resolution: float | None, box: int, pixel_size: float) -> float:
     """The target resolution in Å: the one asked for, or 25% of Nyquist."""
-    return resolution or box * pixel_size / (0.25 * box / 2)
+    return resolution if resolution is not None else box * pixel_size / (0.25 * box / 2)
 
 
 def check_resolution(settings: Settings, particles: ParticleSet) -> None:
     """The target resolution must lie above Nyquist and within reach of the finest quadrature rule."""
     box, apix = particles.box, particles.pixel_size
+    if settings.resolution is not None and not (settings.resolution > 0 and math.isfinite(settings.resolution)):
+        raise InputError(particles.source, f"--resolution {settings.resolution:g} Å is not a positive number")
     target = target_resolution(settings.resolution, box, apix)
-    if not target >= 2 * apix:
-        raise InputError(particles.source, f"--resolution {target:g} Å is finer than Nyquist ({2 * apix:g} Å at "
-                                           f"{apix:g} Å/pixel)")
+    # the band limit box * apix / target must stay below box / 2: the images hold no frequency +N/2
+    if not box * apix / target < box / 2:
+        raise InputError(particles.source, f"--resolution {target:g} Å is not coarser than Nyquist ({2 * apix:g} Å "
+                                           f"at {apix:g} Å/pixel)")
     if box * apix / target > finest_band_limit():
         needed = directions_for_step(angular_step(box * apix / target))
         most = LEBEDEV_POINTS[available_lebedev_orders()[-1]]
@@ -461,8 +464,15 @@ def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
     def heldout(p):
         return objective.test_nll(p, held, total=len(dataset.test))
 
-    best = tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates, heldout=heldout,
-                              n_steps=settings.tune_steps, seed=settings.seed, projection=projection)
+    try:
+        best = tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates, heldout=heldout,
+                                  n_steps=settings.tune_steps, seed=settings.seed, projection=projection)
+    except RuntimeError:
+        low, high = min(candidates), max(candidates)
+        raise InputError(dataset.particles.source,
+                         f"no learning rate from {low:.3g} to {high:.3g} lowered the NLL for {settings.optimizer} "
+                         "(the images may hold no signal at this band limit); give one with "
+                         "--learning-rate") from None
     return float(best) * TUNE_SAFETY * TUNE_SAFETY_EXTRA.get(settings.optimizer, 1.0)
 
 
