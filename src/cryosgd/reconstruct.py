@@ -46,7 +46,7 @@ from . import parallel
 from .io import InputError, ParticleSet
 from .io.prefetch import Prefetcher
 from .memory import peak_rss_bytes
-from .optim import OPTIMIZERS, make_optimizer, tune_learning_rate, with_projection
+from .optim import OPTIMIZERS, make_optimizer, roll_state, tune_learning_rate, with_projection
 
 TUNE_SAFETY = 0.5  # the tuned rate is halved: later, at higher band limits, the objective is rougher
 # TONGA's short tuning runs end before its covariance estimate settles; over a 5-epoch run its best
@@ -150,17 +150,23 @@ class Reconstruction:
 # ---------------------------------------------------------------------------- pieces
 
 
-def centre_density(volume: torch.Tensor) -> torch.Tensor:
-    """Move the centre of mass of the positive density to the box centre (integer-pixel roll)."""
+def centre_density(volume: torch.Tensor, *, return_shift: bool = False):
+    """Move the centre of mass of the positive density to the box centre (integer-pixel roll).
+
+    With ``return_shift`` returns ``(volume, shifts)``, the roll along (z, y, x), so that the
+    optimiser's state can move with the density (:func:`cryosgd.optim.roll_state`).
+    """
     n = volume.shape[-1]
     w = volume.clamp(min=0)
     total = float(w.sum())
-    if total <= 0:
-        return volume
-    c = torch.arange(n, dtype=volume.dtype, device=volume.device) - n // 2
-    com = [float((w.sum(dim=tuple(j for j in range(3) if j != axis)) * c).sum()) / total for axis in range(3)]
-    shift = [-int(round(x)) for x in com]
-    return torch.roll(volume, shifts=shift, dims=(0, 1, 2)) if any(shift) else volume
+    shift = (0, 0, 0)
+    if total > 0:
+        c = torch.arange(n, dtype=volume.dtype, device=volume.device) - n // 2
+        com = [float((w.sum(dim=tuple(j for j in range(3) if j != axis)) * c).sum()) / total for axis in range(3)]
+        shift = tuple(-int(round(x)) for x in com)
+    if any(shift):
+        volume = torch.roll(volume, shifts=shift, dims=(0, 1, 2))
+    return (volume, shift) if return_shift else volume
 
 
 def target_resolution(resolution: float | None, box: int, pixel_size: float) -> float:
@@ -388,7 +394,10 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         step += 1
         grads += len(idx) * (1 + n_extra)
         if settings.centre_every and step % settings.centre_every == 0 and step < n_steps:
-            volume = centre_density(volume)
+            # the optimiser's momenta, sums, curvature pairs and factors move with the density
+            volume, shift = centre_density(volume, return_shift=True)
+            if any(shift):
+                opt_state = roll_state(opt_state, shift, tuple(volume.shape))
         for target in snap_targets:
             if target not in snapshots and grads >= target:
                 snapshots[target] = volume.clone()
