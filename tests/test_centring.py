@@ -1,4 +1,11 @@
 """Centring moves the optimiser state with the density, and a diverging run is caught while it runs."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +84,47 @@ def test_momentum_moves_with_the_density():
     moved = roll_state(state, shift, SHAPE)
     assert float(moved.velocity[3, 3, 3]) == 0.5 and float(moved.velocity.abs().sum()) == 0.5
     assert np.array_equal(centre_density(vol).numpy(), centred.numpy())
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    from cryosgd.simulation import simulate_dataset
+
+    demo = Path(__file__).resolve().parents[1] / "src" / "cryosgd" / "data" / "demo_5fuu_64px_3A.mrc"
+    paths, _ = simulate_dataset(demo, tmp_path_factory.mktemp("guard"), n=420, box=32, pixel_size=6.0, snr=0.05,
+                                seed=3)
+    return paths.particles
+
+
+def cryosgd(*args):
+    env = {**os.environ, "CRYOSGD_QUIET": "1"}
+    return subprocess.run([sys.executable, "-m", "cryosgd", *map(str, args)], env=env, capture_output=True,
+                          text=True)
+
+
+def test_a_blown_up_step_is_rejected_and_the_rate_halved(small_set, tmp_path):
+    """30 times the tuned rate (about 0.9 here) blows up; the guard undoes those steps, halves the rate
+    and the run ends with a sane map, saying so in the log, the report and on the terminal."""
+    proc = cryosgd("reconstruct", small_set, "-o", tmp_path / "run", "--epochs", "3", "--no-marching",
+                   "--learning-rate", "30", "--test-size", "20", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "rejected" in proc.stderr and "learning rate halved" in proc.stderr
+    with open(tmp_path / "run" / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(int(r["rejected"]) for r in rows) >= 1
+    assert float(rows[-1]["learning_rate"]) < 30
+    nll = [float(r["test_nll"]) for r in rows if r["test_nll"]]
+    assert np.isfinite(nll).all() and nll[-1] < 1.1 * min(nll)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rejected_steps"] >= 1
+    assert "rejected and the learning rate halved" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_run_that_keeps_diverging_stops_without_a_map(small_set, tmp_path):
+    proc = cryosgd("reconstruct", small_set, "-o", tmp_path / "run", "--epochs", "4", "--no-marching",
+                   "--learning-rate", "1e6", "--test-size", "20", "--device", "cpu")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cryosgd: error: ") and "sgd diverged" in last and "no map was written" in last
+    assert not (tmp_path / "run" / "map.mrc").exists()

@@ -188,10 +188,17 @@ def _cmd_compare(args) -> None:
     reference, ref_name = _reference(args)
     out = Path(args.output)
     logs, montage, rows = {}, {}, []
+    from .reconstruct import Diverged
+
     for name in names:
         settings = _settings_from(args, optimizer=name)
-        summary, rec = _run_one(particles, out / name, settings, reference=reference, reference_name=ref_name,
-                                assign=False, label=name)
+        try:
+            summary, rec = _run_one(particles, out / name, settings, reference=reference, reference_name=ref_name,
+                                    assign=False, label=name)
+        except Diverged as err:  # the others still run; the table says which one failed and why
+            print(f"cryosgd: warning: {err}", file=sys.stderr)
+            rows.append((name, None))
+            continue
         logs[name] = rec.log
         montage[name] = {("final" if k == "final" else f"{int(k) // 1000}K"): v for k, v in rec.snapshots.items()}
         rows.append((name, summary))
@@ -205,6 +212,9 @@ def _cmd_compare(args) -> None:
         lines[0] += " FSC 0.5 (Å) | FSC 0.143 (Å) |"
         lines[1] += "---|---|"
     for name, s in rows:
+        if s is None:
+            lines.append(f"| {name} | diverged: no map (see the warning) |" + " |" * (lines[1].count("|") - 3))
+            continue
         line = (f"| {name} | {s['learning_rate']:.3g} | {s['steps']} | {s['gradients']} | "
                 f"{s['final_test_nll']:.3f} | {s['wall_seconds']:.0f} |")
         if extra:

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -53,7 +54,18 @@ TUNE_SAFETY = 0.5  # the tuned rate is halved: later, at higher band limits, the
 # rate measured about half the (already halved) tuned one (test NLL 196.96 at 0.5 against 202.2 at 1.02)
 TUNE_SAFETY_EXTRA = {"tonga": 0.5}
 
-__all__ = ["Settings", "Reconstruction", "reconstruct", "Dataset", "load_dataset"]
+# the divergence guard: a minibatch objective more than BLOWUP_FACTOR times its running level (the
+# median of the last GUARD_WINDOW accepted steps at this band limit), or not finite, rejects the step
+# that led there and halves the rate; after MAX_REJECTIONS halvings the run stops
+BLOWUP_FACTOR = 2.0
+GUARD_WINDOW = 10
+MAX_REJECTIONS = 10
+
+__all__ = ["Settings", "Reconstruction", "reconstruct", "Dataset", "load_dataset", "Diverged"]
+
+
+class Diverged(InputError):
+    """The run diverged and halving the learning rate did not stop it; no map is written."""
 
 
 @dataclass
@@ -145,6 +157,7 @@ class Reconstruction:
     chunk: int = 0
     peak_memory: int = 0                    # bytes: the process's peak resident memory
     operator_bytes: int = 0                 # bytes: the final kernel's slicing operator and its transpose
+    rejected: list = dataclasses.field(default_factory=list)  # steps the divergence guard undid (dicts)
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -351,15 +364,19 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if lr is None:
             lr = _tune(settings, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints, n_train)
         step, grads, log, snapshots, opt_state = 0, 0, [], {}, None
-        kernel_seconds = 0.0
+        kernel_seconds, rejected = 0.0, []
     else:
         volume, lr = state["volume"].to(device), state["learning_rate"]
         step, grads, log = state["step"], state["gradients"], state["log"]
         snapshots, opt_state, kernel_seconds = state["snapshots"], state["optimizer_state"], state["kernel_seconds"]
+        rejected = state.get("rejected", [])
+    tuned_lr = lr if state is None else state.get("tuned_learning_rate", lr)
 
-    opt = make_optimizer(settings.optimizer, lr)
-    if settings.positivity or mask is not None:
-        opt = with_projection(opt, project_constraints)
+    def make(rate):
+        o = make_optimizer(settings.optimizer, rate)
+        return with_projection(o, project_constraints) if settings.positivity or mask is not None else o
+
+    opt = make(lr)
     if opt_state is None:
         opt_state = opt.init(volume)
     eval_every = max(1, n_steps // max(1, settings.evaluations))
@@ -373,6 +390,29 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         return dataset.images(parallel.shard(idx))
 
     # keys are the minibatches' indices, drawn once per step
+    def diverged(what):
+        tried = (f"halving the learning rate {len(rejected) - 1} times (from {tuned_lr:.3g} to {2 * lr:.3g}) did "
+                 "not stop it" if rejected else f"at learning rate {lr:.3g}")
+        return Diverged(particles.source, f"{settings.optimizer} diverged: {what}; {tried}; no map was written "
+                                          f"(try a smaller --learning-rate, or another optimiser)")
+
+    def reject(value, level, what):
+        """Undo the last update (restore ``previous``) and halve the rate; returns the restored volume."""
+        nonlocal lr, opt, opt_state
+        lr *= 0.5
+        rejected.append({"step": step, "value": value, "level": level, "learning_rate": lr, "what": what})
+        if len(rejected) > MAX_REJECTIONS:
+            raise diverged(f"{what} at step {step}")
+        opt = make(lr)
+        restored, opt_state = previous
+        for target in new_snapshots:  # taken from the rejected density: taken again from the next one
+            snapshots.pop(target, None)
+        if log:
+            log[-1].pop("test_nll", None)  # evaluated on the rejected density
+        return restored
+
+    recent: list[float] = []           # accepted minibatch values at the current band limit
+    previous, new_snapshots, last_band = None, [], None
     prefetch = Prefetcher(load, (batch_indices(s) for s in range(step, n_steps)))
     batches = iter(prefetch)
     while step < n_steps:
@@ -384,11 +424,33 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         mb = kern.prepare(images, dataset.particles.ctf[local])
         t0 = time.time()
         out = objective(volume, mb, total=len(idx))
+        if r != last_band:
+            recent, last_band = [], r
+        # the guard: the value here judges the previous update
+        level = float(np.median(recent)) if recent else None
+        finite = math.isfinite(out.value) and bool(torch.isfinite(out.gradient).all())
+        blown = not finite or (level is not None and out.value - level > (BLOWUP_FACTOR - 1) * max(abs(level), 1.0))
+        n_rejected = 0
+        if blown:
+            if previous is None:  # nothing to go back to: the start (or the resumed point) itself is bad
+                raise diverged(f"the minibatch objective is {out.value:g} at step {step}")
+            what = ("a non-finite objective" if not finite else
+                    f"the minibatch objective jumped to {out.value:.4g} from a level of {level:.4g}")
+            volume = reject(out.value, level, what)
+            n_rejected = 1
+            if parallel.is_main():
+                warnings.warn(f"{settings.optimizer}: step {step} rejected ({what}); learning rate halved to "
+                              f"{lr:.3g}")
+            out = objective(volume, mb, total=len(idx))
+            grads += len(idx)
+        else:
+            recent = (recent + [out.value])[-GUARD_WINDOW:]
 
         def grad_fn(p, _objective=objective, _mb=mb, _n=len(idx)):
             o = _objective(p, _mb, total=_n)
             return o.value, o.gradient
 
+        previous = (volume, opt_state)
         volume, opt_state, n_extra = opt.update(out.gradient, opt_state, volume, value=out.value, grad_fn=grad_fn)
         kernel_seconds += time.time() - t0
         step += 1
@@ -398,14 +460,31 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
             volume, shift = centre_density(volume, return_shift=True)
             if any(shift):
                 opt_state = roll_state(opt_state, shift, tuple(volume.shape))
+        new_snapshots = []
         for target in snap_targets:
             if target not in snapshots and grads >= target:
                 snapshots[target] = volume.clone()
+                new_snapshots.append(target)
         row = {"step": step, "gradients": grads, "epoch": step / steps_per_epoch, "band_limit": r,
-               "value": out.value, "seconds": time.time() - t_start}
+               "value": out.value, "learning_rate": lr, "rejected": n_rejected, "seconds": time.time() - t_start}
         if step % eval_every == 0 or step == n_steps:
             row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch,
                                                                                total=len(dataset.test))
+            if step == n_steps:  # no minibatch judges the last update: the held-out NLL does
+                earlier = [e["test_nll"] for e in log if "test_nll" in e]
+                best = min(earlier) if earlier else None
+                if not math.isfinite(row["test_nll"]) or (
+                        best is not None and row["test_nll"] - best > (BLOWUP_FACTOR - 1) * max(abs(best), 1.0)):
+                    what = f"the held-out NLL rose to {row['test_nll']:.4g} from {best}"
+                    volume = reject(row["test_nll"], best, what)
+                    if parallel.is_main():
+                        warnings.warn(f"{settings.optimizer}: the last step rejected ({what}); the map is the "
+                                      "density before it")
+                    row["rejected"] = 1
+                    row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch,
+                                                                                       total=len(dataset.test))
+                    if not math.isfinite(row["test_nll"]):
+                        raise diverged("the held-out NLL is not finite at the end")
         log.append(row)
         if progress is not None:
             progress(step, n_steps, row)
@@ -414,7 +493,8 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if ckpt_path and parallel.is_main() and (done or due):
             save_checkpoint(ckpt_path, {"settings": settings_key, "volume": volume, "learning_rate": lr,
                                         "step": step, "gradients": grads, "log": log, "snapshots": snapshots,
-                                        "optimizer_state": opt_state, "kernel_seconds": kernel_seconds})
+                                        "optimizer_state": opt_state, "kernel_seconds": kernel_seconds,
+                                        "rejected": rejected, "tuned_learning_rate": tuned_lr})
         if ckpt_path and (done or due):
             last_save = time.time()
         if stop_after is not None and step >= stop_after and step < n_steps:
@@ -423,9 +503,11 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     snapshots_np = {k: v.cpu().numpy() for k, v in snapshots.items()}
     snapshots_np["final"] = volume.cpu().numpy()
     final_kernel = kernel_for(band_at(max(step - 1, 0)))
+    if not bool(torch.isfinite(volume).all()):
+        raise diverged("the density is not finite at the end")
     return Reconstruction(volume.cpu().numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
                           dataset.noise_std, time.time() - t_start, kernel_seconds, final_kernel.chunk,
-                          peak_rss_bytes(), final_kernel.operator_bytes)
+                          peak_rss_bytes(), final_kernel.operator_bytes, rejected)
 
 
 def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
