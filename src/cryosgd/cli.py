@@ -99,6 +99,9 @@ def _settings_from(args, **overrides):
               precision=args.precision, checkpoint_every=args.checkpoint_every)
     if args.particle_diameter:
         kw["particle_diameter"] = args.particle_diameter
+    for key in ("lambda_plus", "lambda_minus"):
+        if getattr(args, key, None) is not None:
+            kw[key] = getattr(args, key)
     if getattr(args, "no_marching", False):
         kw["marching_stages"] = 1
     for flag, key in (("no_positivity", "positivity"), ("no_mask", "mask")):
@@ -297,15 +300,20 @@ def _cmd_projmatch(args) -> None:
 
 def _add_run_options(p, *, epochs=1.0) -> None:
     p.add_argument("--epochs", type=float, default=epochs, help=f"passes over the training images (default {epochs:g})")
-    p.add_argument("--resolution", type=float, help="target resolution in Å (default: 25%% of Nyquist)")
+    p.add_argument("--resolution", type=float, help="target resolution in Å (default: 25%% of Nyquist; "
+                                                    "10%% with --paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--learning-rate", type=float, help="base learning rate (default: tuned automatically)")
     p.add_argument("--max-shift", type=float, default=0.0, help="largest shift searched, pixels (default 0)")
     p.add_argument("--particle-diameter", type=float, help="Å (default: 80%% of the box)")
     p.add_argument("--test-size", type=int, default=100, help="held-out images (default 100)")
     p.add_argument("--reference", help="a map to score against (FSC after alignment) in the report")
-    p.add_argument("--paper", action="store_true", help="the paper's plain setting: no marching, positivity, "
-                                                        "mask or centring")
+    p.add_argument("--paper", action="store_true", help="the paper's plain setting: a fixed band limit at 10%% "
+                                                        "of Nyquist (unless --resolution), no marching, "
+                                                        "positivity, mask or centring")
+    p.add_argument("--lambda-plus", type=float, help="prior rate on positive voxels, exp(-λ+ v) (default 1e-4; "
+                                                     "the paper used 3e-2 on real data)")
+    p.add_argument("--lambda-minus", type=float, help="prior rate on negative voxels, exp(-λ- |v|) (default 1e-4)")
     p.add_argument("--no-marching", action="store_true", help="fixed band limit")
     p.add_argument("--no-positivity", action="store_true")
     p.add_argument("--no-mask", action="store_true")

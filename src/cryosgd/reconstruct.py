@@ -74,7 +74,8 @@ class Settings:
     learning_rate: float | None = None     # None: tuned automatically
     epochs: float = 1.0
     batch_size: int | None = None          # None: the optimiser's (100; 300 for HF)
-    resolution: float | None = None        # Å; None: 25% of Nyquist
+    resolution: float | None = None        # Å; None: nyquist_fraction of Nyquist
+    nyquist_fraction: float = 0.25          # the default target's band limit as a fraction of Nyquist
     start_resolution: float | None = None  # Å; None: twice the target (marching)
     marching_stages: int = 3
     positivity: bool = True
@@ -98,8 +99,14 @@ class Settings:
 
     @classmethod
     def paper(cls, **kw) -> "Settings":
-        """The paper's plain setting: fixed band limit (10% of Nyquist unless given), no extras."""
-        base = dict(start_resolution=None, marching_stages=1, positivity=False, mask=False, centre_every=0)
+        """The paper's plain setting: fixed band limit (10% of Nyquist unless given), no extras.
+
+        No marching, positivity, mask or centring.  What stays (``docs/reconstruction.md``): the
+        automatic learning rate, the noise estimate, the divergence guard, and the shift search and
+        prior as given (``max_shift``, ``lambda_plus``, ``lambda_minus``).
+        """
+        base = dict(start_resolution=None, marching_stages=1, positivity=False, mask=False, centre_every=0,
+                    nyquist_fraction=0.10)
         base.update(kw)
         return cls(**base)
 
@@ -182,9 +189,9 @@ def centre_density(volume: torch.Tensor, *, return_shift: bool = False):
     return (volume, shift) if return_shift else volume
 
 
-def target_resolution(resolution: float | None, box: int, pixel_size: float) -> float:
-    """The target resolution in Å: the one asked for, or 25% of Nyquist."""
-    return resolution if resolution is not None else box * pixel_size / (0.25 * box / 2)
+def target_resolution(resolution: float | None, box: int, pixel_size: float, nyquist_fraction: float = 0.25) -> float:
+    """The target resolution in Å: the one asked for, or ``nyquist_fraction`` of Nyquist (in frequency)."""
+    return resolution if resolution is not None else box * pixel_size / (nyquist_fraction * box / 2)
 
 
 def check_resolution(settings: Settings, particles: ParticleSet) -> None:
@@ -192,7 +199,7 @@ def check_resolution(settings: Settings, particles: ParticleSet) -> None:
     box, apix = particles.box, particles.pixel_size
     if settings.resolution is not None and not (settings.resolution > 0 and math.isfinite(settings.resolution)):
         raise InputError(particles.source, f"--resolution {settings.resolution:g} Å is not a positive number")
-    target = target_resolution(settings.resolution, box, apix)
+    target = target_resolution(settings.resolution, box, apix, settings.nyquist_fraction)
     # the band limit box * apix / target must stay below box / 2: the images hold no frequency +N/2
     if not box * apix / target < box / 2:
         raise InputError(particles.source, f"--resolution {target:g} Å is not coarser than Nyquist ({2 * apix:g} Å "
@@ -208,7 +215,7 @@ def check_resolution(settings: Settings, particles: ParticleSet) -> None:
 
 def band_schedule(settings: Settings, box: int, pixel_size: float, n_steps: int) -> list[tuple[int, float]]:
     """``[(first_step, band_limit), ...]``: the marching stages."""
-    target = target_resolution(settings.resolution, box, pixel_size)
+    target = target_resolution(settings.resolution, box, pixel_size, settings.nyquist_fraction)
     r_final = box * pixel_size / target
     stages = max(1, settings.marching_stages)
     if stages == 1:
@@ -285,6 +292,16 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+# where and how fast a run computes, not what: a run may resume with other values of these
+NOT_IN_CHECKPOINT_KEY = ("device", "precision", "memory_budget", "checkpoint_every")
+
+
+def checkpoint_key(settings: Settings) -> str:
+    """The settings that change the result, as text: a checkpoint resumes only under the same key."""
+    fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_CHECKPOINT_KEY}
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
 def load_checkpoint(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -311,6 +328,10 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     t_start = time.time()
     torch.manual_seed(settings.seed)
     box, apix = particles.box, particles.pixel_size
+    for key in ("lambda_plus", "lambda_minus"):
+        value = getattr(settings, key)
+        if not (value >= 0 and math.isfinite(value)):
+            raise InputError(particles.source, f"--{key.replace('_', '-')} {value:g} is not a non-negative number")
     check_resolution(settings, particles)
     dataset = load_dataset(particles, settings)
     probe = make_optimizer(settings.optimizer, 1.0)
@@ -354,7 +375,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     ckpt_path = Path(checkpoint) if checkpoint else None
     state = load_checkpoint(ckpt_path) if ckpt_path and parallel.is_main() else None
     state = parallel.broadcast_object(state)
-    settings_key = json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)
+    settings_key = checkpoint_key(settings)
     if state is not None and state.get("settings") != settings_key:
         raise InputError(ckpt_path, "the checkpoint was written with other settings; remove it or use them")
 
@@ -510,9 +531,20 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
                           peak_rss_bytes(), final_kernel.operator_bytes, rejected)
 
 
+def tuning_split(settings: Settings, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(tuning, validation)``: disjoint subsets of the training images for the learning-rate search.
+
+    The candidates run on up to ``tune_images`` training images and are scored on ``test_size`` others
+    (at most a third of the training set); the test images are kept for reporting only.
+    """
+    train = dataset.train
+    n_val = max(1, min(settings.test_size, len(train) // 3))
+    return train[:min(len(train) - n_val, settings.tune_images)], train[len(train) - n_val:]
+
+
 def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
     """The base learning rate from a short search on ``tune_images`` training images."""
-    subset = dataset.train[:min(len(dataset.train), settings.tune_images)]
+    subset, validation = tuning_split(settings, dataset)
     objective = Objective(kern, prior, n_train)
     cache = {}
 
@@ -547,13 +579,14 @@ def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
         # its rate is a per-voxel step, so scale it by the density's voxel values instead
         scale = 0.1 * float(volume.abs().max())
     candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
-    # score each candidate by the held-out NLL (at the tuning band limit), not by training minibatches:
-    # a short run on training batches rewards rates at the edge of stability
-    test = parallel.shard(np.sort(dataset.test))
-    held = kern.prepare(dataset.images(test), dataset.particles.ctf[test])
+    # score each candidate by the NLL of validation images (training images outside the tuning subset,
+    # at the tuning band limit), not by the tuning minibatches: a short run on those rewards rates at the
+    # edge of stability; the test images, whose NLL the run reports, play no part
+    mine = parallel.shard(np.sort(validation))
+    held = kern.prepare(dataset.images(mine), dataset.particles.ctf[mine])
 
     def heldout(p):
-        return objective.test_nll(p, held, total=len(dataset.test))
+        return objective.test_nll(p, held, total=len(validation))
 
     try:
         best = tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates, heldout=heldout,
