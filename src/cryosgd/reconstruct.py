@@ -14,9 +14,14 @@ the paper's plain setting stays reproducible: ``Settings.paper()``):
 * positivity: the density is clipped at 0 after every step;
 * a soft spherical mask at the particle diameter;
 * centring: every ``centre_every`` steps the density's centre of mass is moved
-  to the box centre;
+  to the box centre, and the optimiser's state with it (:func:`cryosgd.optim.roll_state`);
 * noise: images are divided by their noise std, estimated from the background
   outside the particle, so sigma = 1 in the likelihood.
+
+Kept by ``Settings.paper()`` as well: the target resolution is 25% of Nyquist
+unless given (10% in the paper's setting), the learning rate is tuned on
+validation images, and a step whose minibatch objective blows up is undone and
+the rate halved (the divergence guard; see ``docs/reconstruction.md``).
 """
 from __future__ import annotations
 
