@@ -18,8 +18,8 @@ the paper's plain setting stays reproducible: ``Settings.paper()``):
 * noise: images are divided by their noise std, estimated from the background
   outside the particle, so sigma = 1 in the likelihood.
 
-Kept by ``Settings.paper()`` as well: the target resolution is 25% of Nyquist
-unless given (10% in the paper's setting), the learning rate is tuned on
+The target resolution is 25% of Nyquist unless given (10% in the paper's
+setting).  Kept in the paper's setting too: the learning rate is tuned on
 validation images, and a step whose minibatch objective blows up is undone and
 the rate halved (the divergence guard; see ``docs/reconstruction.md``).
 """
