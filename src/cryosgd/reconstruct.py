@@ -596,7 +596,9 @@ def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
     try:
         best = tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates, heldout=heldout,
                                   n_steps=settings.tune_steps, seed=settings.seed, projection=projection)
-    except RuntimeError:
+    except parallel.DistributedFailure:
+        raise
+    except RuntimeError:  # every candidate diverged
         low, high = min(candidates), max(candidates)
         raise InputError(dataset.particles.source,
                          f"no learning rate from {low:.3g} to {high:.3g} lowered the NLL for {settings.optimizer} "
