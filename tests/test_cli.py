@@ -99,6 +99,51 @@ def test_resolution_beyond_nyquist_or_beyond_the_quadrature(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("pixel_size", [0.0, -2.0])
+def test_pixel_size_zero_or_negative(tmp_path, pixel_size):
+    write_stack(tmp_path / "s.mrcs", np.random.default_rng(0).standard_normal((200, 32, 32)))
+    write_star(tmp_path / "p.star", "s.mrcs", 200, pixel_size=pixel_size)
+    for extra in ((), ("--resolution", "20")):
+        proc = cryosgd("reconstruct", tmp_path / "p.star", "-o", tmp_path / "run", *extra)
+        assert_user_error(proc, "p.star", f"pixel size {pixel_size:g} Å", "not a positive number")
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("box", [32, 42])
+def test_resolution_at_nyquist_on_a_small_box(tmp_path, box):
+    # 2 Å/pixel: Nyquist is 4 Å, a band limit of box / 2, one frequency beyond what the images hold
+    write_stack(tmp_path / "s.mrcs", np.random.default_rng(0).standard_normal((200, box, box)))
+    write_star(tmp_path / "p.star", "s.mrcs", 200, box=box)
+    for resolution in ("4", "0", "-37"):
+        proc = cryosgd("reconstruct", tmp_path / "p.star", "-o", tmp_path / "run", "--resolution", resolution)
+        assert_user_error(proc, "p.star", f"--resolution {float(resolution):g} Å")
+        assert not (tmp_path / "run").exists()
+
+
+def test_every_learning_rate_diverging_is_one_line(tmp_path, monkeypatch, capsys):
+    """When no candidate rate lowers the NLL the user gets one line, not the tuner's RuntimeError."""
+    import cryosgd.reconstruct
+    from cryosgd.cli import main
+
+    real = cryosgd.reconstruct.tune_learning_rate
+
+    def absurd_rates(name, factory, params, *, candidates, **kw):  # every candidate 1e8 times too large
+        return real(name, factory, params, candidates=[1e8 * c for c in candidates], **kw)
+
+    monkeypatch.setattr(cryosgd.reconstruct, "tune_learning_rate", absurd_rates)
+    monkeypatch.setenv("CRYOSGD_QUIET", "1")
+    write_stack(tmp_path / "s.mrcs", np.random.default_rng(0).standard_normal((200, 32, 32)))
+    write_star(tmp_path / "p.star", "s.mrcs", 200)
+    code = main(["reconstruct", str(tmp_path / "p.star"), "-o", str(tmp_path / "run"), "--epochs", "0.1",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("cryosgd: error: ") and "p.star" in lines[0], err
+    assert "--learning-rate" in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_optimiser_is_refused_by_the_parser(tmp_path):
     proc = cryosgd("reconstruct", "x.star", "-o", tmp_path, "--optimizer", "adam")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr

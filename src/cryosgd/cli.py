@@ -106,6 +106,9 @@ def _settings_from(args, **overrides):
               precision=args.precision, checkpoint_every=args.checkpoint_every)
     if args.particle_diameter:
         kw["particle_diameter"] = args.particle_diameter
+    for key in ("lambda_plus", "lambda_minus"):
+        if getattr(args, key, None) is not None:
+            kw[key] = getattr(args, key)
     if getattr(args, "no_marching", False):
         kw["marching_stages"] = 1
     for flag, key in (("no_positivity", "positivity"), ("no_mask", "mask")):
@@ -196,10 +199,17 @@ def _cmd_compare(args) -> None:
     reference, ref_name = _reference(args)
     out = Path(args.output)
     logs, montage, rows = {}, {}, []
+    from .reconstruct import Diverged
+
     for name in names:
         settings = _settings_from(args, optimizer=name)
-        summary, rec = _run_one(particles, out / name, settings, reference=reference, reference_name=ref_name,
-                                assign=False, label=name)
+        try:
+            summary, rec = _run_one(particles, out / name, settings, reference=reference, reference_name=ref_name,
+                                    assign=False, label=name)
+        except Diverged as err:  # the others still run; the table says which one failed and why
+            print(f"cryosgd: warning: {err}", file=sys.stderr)
+            rows.append((name, None))
+            continue
         logs[name] = rec.log
         montage[name] = {("final" if k == "final" else f"{int(k) // 1000}K"): v for k, v in rec.snapshots.items()}
         rows.append((name, summary))
@@ -213,6 +223,9 @@ def _cmd_compare(args) -> None:
         lines[0] += " FSC 0.5 (Å) | FSC 0.143 (Å) |"
         lines[1] += "---|---|"
     for name, s in rows:
+        if s is None:
+            lines.append(f"| {name} | diverged: no map (see the warning) |" + " |" * (lines[1].count("|") - 3))
+            continue
         line = (f"| {name} | {s['learning_rate']:.3g} | {s['steps']} | {s['gradients']} | "
                 f"{s['final_test_nll']:.3f} | {s['wall_seconds']:.0f} |")
         if extra:
@@ -295,15 +308,20 @@ def _cmd_projmatch(args) -> None:
 
 def _add_run_options(p, *, epochs=1.0) -> None:
     p.add_argument("--epochs", type=float, default=epochs, help=f"passes over the training images (default {epochs:g})")
-    p.add_argument("--resolution", type=float, help="target resolution in Å (default: 25%% of Nyquist)")
+    p.add_argument("--resolution", type=float, help="target resolution in Å (default: 25%% of Nyquist; "
+                                                    "10%% with --paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--learning-rate", type=float, help="base learning rate (default: tuned automatically)")
     p.add_argument("--max-shift", type=float, default=0.0, help="largest shift searched, pixels (default 0)")
     p.add_argument("--particle-diameter", type=float, help="Å (default: 80%% of the box)")
     p.add_argument("--test-size", type=int, default=100, help="held-out images (default 100)")
     p.add_argument("--reference", help="a map to score against (FSC after alignment) in the report")
-    p.add_argument("--paper", action="store_true", help="the paper's plain setting: no marching, positivity, "
-                                                        "mask or centring")
+    p.add_argument("--paper", action="store_true", help="the paper's plain setting: a fixed band limit at 10%% "
+                                                        "of Nyquist (unless --resolution), no marching, "
+                                                        "positivity, mask or centring")
+    p.add_argument("--lambda-plus", type=float, help="prior rate on positive voxels, exp(-λ+ v) (default 1e-4; "
+                                                     "the paper used 3e-2 on real data)")
+    p.add_argument("--lambda-minus", type=float, help="prior rate on negative voxels, exp(-λ- |v|) (default 1e-4)")
     p.add_argument("--no-marching", action="store_true", help="fixed band limit")
     p.add_argument("--invert-contrast", choices=["yes", "no", "auto"], default="auto",
                    help="multiply the images by -1 (yes: dark protein), keep them (no), or decide from their "
@@ -398,35 +416,85 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _spawned(index: int, argv: list, world: int, port: int) -> None:
+def _spawned(index: int, argv: list, world: int, port: int, errors: str) -> None:
+    # every process is a client of the store the parent holds (the agent store of torchrun's protocol)
     os.environ.update({"RANK": str(index), "LOCAL_RANK": str(index), "WORLD_SIZE": str(world),
-                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "TORCHELASTIC_USE_AGENT_STORE": "True", "CRYOSGD_ERROR_DIR": errors})
     code = main(argv)
     if code:
         sys.exit(code)
 
 
-def _run_spawned(argv: list, nproc: int) -> int:
-    """``--nproc N``: run the same command in N processes on this machine."""
-    import socket
+def _first_error(errors: Path) -> tuple[int, str] | None:
+    """``(exit code, line)`` of the lowest rank that reported a failure, or ``None``."""
+    for path in sorted(errors.glob("rank*"), key=lambda p: int(p.name[4:])):
+        code, _, line = path.read_text().partition(" ")
+        return int(code), line.strip()
+    return None
 
+
+def _run_spawned(argv: list, nproc: int) -> int:
+    """``--nproc N``: run the same command in N processes on this machine.
+
+    The parent holds the rendezvous store on a port the system picks and keeps while it lives, so
+    runs started at the same time cannot collide on a port (no free-port probe that another run
+    could take before the store binds it).  A failed process's first error line is what the user
+    sees: processes report their one line to the parent instead of each printing it.
+    """
+    import datetime
+    import tempfile
+
+    import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    try:  # each process sees WORLD_SIZE > 1, so its own --nproc does not spawn again
-        mp.spawn(_spawned, args=(argv, nproc, port), nprocs=nproc, join=True)
-    except mp.ProcessExitedException as err:
-        print(f"cryosgd: error: process {err.error_index} of {nproc} exited with code {err.exit_code}; "
-              "the last checkpoint is intact: run the same command again to resume", file=sys.stderr)
-        return 3
-    except mp.ProcessRaisedException as err:
-        last = str(err).strip().splitlines()[-1]
-        print(f"cryosgd: error: a process of the distributed run failed ({last}); the last checkpoint is intact: "
-              "run the same command again to resume", file=sys.stderr)
-        return 3
+    import logging
+
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # "terminating process ..."
+    minutes = float(os.environ.get("CRYOSGD_DIST_TIMEOUT_MIN", "10"))
+    store = dist.TCPStore("127.0.0.1", 0, nproc, True, datetime.timedelta(minutes=minutes), wait_for_workers=False)
+    resume = "the last checkpoint is intact: run the same command again to resume"
+    with tempfile.TemporaryDirectory(prefix="cryosgd-errors-") as tmp:
+        errors = Path(tmp)
+        try:  # each process sees WORLD_SIZE > 1, so its own --nproc does not spawn again
+            mp.spawn(_spawned, args=(argv, nproc, store.port, tmp), nprocs=nproc, join=True)
+        except mp.ProcessExitedException as err:
+            reported = _first_error(errors)
+            if reported is not None:
+                print(reported[1], file=sys.stderr)
+                return reported[0]
+            print(f"cryosgd: error: process {err.error_index} of {nproc} exited with code {err.exit_code}; "
+                  f"{resume}", file=sys.stderr)
+            return 3
+        except mp.ProcessRaisedException as err:
+            last = str(err).strip().splitlines()[-1]
+            print(f"cryosgd: error: process {err.error_index} of {nproc} failed ({last}); {resume}",
+                  file=sys.stderr)
+            return 3
+        reported = _first_error(errors)  # a handled failure in every process ends with code 0 from spawn
+    del store
+    if reported is not None:
+        print(reported[1], file=sys.stderr)
+        return reported[0]
     return 0
+
+
+def _fail(line: str, code: int) -> int:
+    """Print a failure's one line, or hand it to the launcher: the parent of ``--nproc`` or torchrun."""
+    spawned = os.environ.get("CRYOSGD_ERROR_DIR")
+    if spawned:  # the parent prints the first rank's line, once
+        Path(spawned, f"rank{parallel.rank() if parallel.active() else os.environ.get('RANK', '0')}").write_text(
+            f"{code} {line}\n")
+        return code
+    print(line, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:  # torchrun shows this line in its failure summary instead of "<N/A>"
+        import time
+
+        with open(error_file, "w") as fh:
+            json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
+                                                                   "timestamp": str(int(time.time()))}}}, fh)
+    return code
 
 
 def main(argv=None) -> int:
@@ -444,15 +512,13 @@ def main(argv=None) -> int:
         try:
             args.func(args)
         except InputError as err:
-            print(f"cryosgd: error: {err}", file=sys.stderr)
-            return 2
+            return _fail(f"cryosgd: error: {err}", 2)
         except KeyboardInterrupt:
             print("cryosgd: interrupted", file=sys.stderr)
             return 130
         except parallel.DistributedFailure as err:
-            print(f"cryosgd: error: {err}; the last checkpoint is intact: run the same command again "
-                  "(with any number of processes) to resume", file=sys.stderr)
-            return 3
+            return _fail(f"cryosgd: error: {err}; the last checkpoint is intact: run the same command again "
+                         "(with any number of processes) to resume", 3)
         finally:
             warnings.showwarning = show
     return 0

@@ -41,9 +41,10 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
         "wall_seconds": rec.wall_time, "final_test_nll": last[-1]["test_nll"] if last else None,
         "pixel_size": apix, "box": particles.box, "particles": len(particles),
         "peak_memory_bytes": rec.peak_memory, "rotation_chunk": rec.chunk,
-        "slicing_operator_bytes": rec.operator_bytes,
+        "slicing_operator_bytes": rec.operator_bytes, "rejected_steps": len(rec.rejected),
     }
     sections = [("Run", "\n".join(f"- {k}: {v}" for k, v in summary.items())),
+                ("Divergence guard", _guard_text(rec)),
                 ("Held-out negative log-likelihood", "![test NLL](nll.png)"),
                 ("Map", "Central slices and projections of the density at the snapshots.\n\n"
                         "![map](snapshots.png)")]
@@ -64,3 +65,12 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
     write_report(outdir / "report.md", f"cryosgd reconstruction: {particles.source.name}", sections)
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def _guard_text(rec: Reconstruction) -> str:
+    if not rec.rejected:
+        return "No step was rejected: the minibatch objective never jumped above its running level."
+    lines = [f"{len(rec.rejected)} step(s) rejected and the learning rate halved each time (now "
+             f"{rec.learning_rate:.3g}); `rejected` in log.csv marks them:", ""]
+    lines += [f"- step {r['step']}: {r['what']}" for r in rec.rejected]
+    return "\n".join(lines)

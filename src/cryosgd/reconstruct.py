@@ -14,9 +14,14 @@ the paper's plain setting stays reproducible: ``Settings.paper()``):
 * positivity: the density is clipped at 0 after every step;
 * a soft spherical mask at the particle diameter;
 * centring: every ``centre_every`` steps the density's centre of mass is moved
-  to the box centre;
+  to the box centre, and the optimiser's state with it (:func:`cryosgd.optim.roll_state`);
 * noise: images are divided by their noise std, estimated from the background
   outside the particle, so sigma = 1 in the likelihood.
+
+The target resolution is 25% of Nyquist unless given (10% in the paper's
+setting).  Kept in the paper's setting too: the learning rate is tuned on
+validation images, and a step whose minibatch objective blows up is undone and
+the rate halved (the divergence guard; see ``docs/reconstruction.md``).
 """
 from __future__ import annotations
 
@@ -47,14 +52,25 @@ from . import parallel
 from .io import InputError, ParticleSet
 from .io.prefetch import Prefetcher
 from .memory import peak_rss_bytes
-from .optim import OPTIMIZERS, make_optimizer, tune_learning_rate, with_projection
+from .optim import OPTIMIZERS, make_optimizer, roll_state, tune_learning_rate, with_projection
 
 TUNE_SAFETY = 0.5  # the tuned rate is halved: later, at higher band limits, the objective is rougher
 # TONGA's short tuning runs end before its covariance estimate settles; over a 5-epoch run its best
 # rate measured about half the (already halved) tuned one (test NLL 196.96 at 0.5 against 202.2 at 1.02)
 TUNE_SAFETY_EXTRA = {"tonga": 0.5}
 
-__all__ = ["Settings", "Reconstruction", "reconstruct", "Dataset", "load_dataset"]
+# the divergence guard: a minibatch objective more than BLOWUP_FACTOR times its running level (the
+# median of the last GUARD_WINDOW accepted steps at this band limit), or not finite, rejects the step
+# that led there and halves the rate; after MAX_REJECTIONS halvings the run stops
+BLOWUP_FACTOR = 2.0
+GUARD_WINDOW = 10
+MAX_REJECTIONS = 10
+
+__all__ = ["Settings", "Reconstruction", "reconstruct", "Dataset", "load_dataset", "Diverged"]
+
+
+class Diverged(InputError):
+    """The run diverged and halving the learning rate did not stop it; no map is written."""
 
 
 @dataclass
@@ -63,7 +79,8 @@ class Settings:
     learning_rate: float | None = None     # None: tuned automatically
     epochs: float = 1.0
     batch_size: int | None = None          # None: the optimiser's (100; 300 for HF)
-    resolution: float | None = None        # Å; None: 25% of Nyquist
+    resolution: float | None = None        # Å; None: nyquist_fraction of Nyquist
+    nyquist_fraction: float = 0.25          # the default target's band limit as a fraction of Nyquist
     start_resolution: float | None = None  # Å; None: twice the target (marching)
     marching_stages: int = 3
     positivity: bool = True
@@ -88,8 +105,14 @@ class Settings:
 
     @classmethod
     def paper(cls, **kw) -> "Settings":
-        """The paper's plain setting: fixed band limit (10% of Nyquist unless given), no extras."""
-        base = dict(start_resolution=None, marching_stages=1, positivity=False, mask=False, centre_every=0)
+        """The paper's plain setting: fixed band limit (10% of Nyquist unless given), no extras.
+
+        No marching, positivity, mask or centring.  What stays (``docs/reconstruction.md``): the
+        automatic learning rate, the noise estimate, the divergence guard, and the shift search and
+        prior as given (``max_shift``, ``lambda_plus``, ``lambda_minus``).
+        """
+        base = dict(start_resolution=None, marching_stages=1, positivity=False, mask=False, centre_every=0,
+                    nyquist_fraction=0.10)
         base.update(kw)
         return cls(**base)
 
@@ -162,36 +185,46 @@ class Reconstruction:
     peak_memory: int = 0                    # bytes: the process's peak resident memory
     operator_bytes: int = 0                 # bytes: the final kernel's slicing operator and its transpose
     contrast: float = 1.0                   # the images' factor: -1 when they were inverted (Dataset.contrast)
+    rejected: list = dataclasses.field(default_factory=list)  # steps the divergence guard undid (dicts)
 
 
 # ---------------------------------------------------------------------------- pieces
 
 
-def centre_density(volume: torch.Tensor) -> torch.Tensor:
-    """Move the centre of mass of the positive density to the box centre (integer-pixel roll)."""
+def centre_density(volume: torch.Tensor, *, return_shift: bool = False):
+    """Move the centre of mass of the positive density to the box centre (integer-pixel roll).
+
+    With ``return_shift`` returns ``(volume, shifts)``, the roll along (z, y, x), so that the
+    optimiser's state can move with the density (:func:`cryosgd.optim.roll_state`).
+    """
     n = volume.shape[-1]
     w = volume.clamp(min=0)
     total = float(w.sum())
-    if total <= 0:
-        return volume
-    c = torch.arange(n, dtype=volume.dtype, device=volume.device) - n // 2
-    com = [float((w.sum(dim=tuple(j for j in range(3) if j != axis)) * c).sum()) / total for axis in range(3)]
-    shift = [-int(round(x)) for x in com]
-    return torch.roll(volume, shifts=shift, dims=(0, 1, 2)) if any(shift) else volume
+    shift = (0, 0, 0)
+    if total > 0:
+        c = torch.arange(n, dtype=volume.dtype, device=volume.device) - n // 2
+        com = [float((w.sum(dim=tuple(j for j in range(3) if j != axis)) * c).sum()) / total for axis in range(3)]
+        shift = tuple(-int(round(x)) for x in com)
+    if any(shift):
+        volume = torch.roll(volume, shifts=shift, dims=(0, 1, 2))
+    return (volume, shift) if return_shift else volume
 
 
-def target_resolution(resolution: float | None, box: int, pixel_size: float) -> float:
-    """The target resolution in Å: the one asked for, or 25% of Nyquist."""
-    return resolution or box * pixel_size / (0.25 * box / 2)
+def target_resolution(resolution: float | None, box: int, pixel_size: float, nyquist_fraction: float = 0.25) -> float:
+    """The target resolution in Å: the one asked for, or ``nyquist_fraction`` of Nyquist (in frequency)."""
+    return resolution if resolution is not None else box * pixel_size / (nyquist_fraction * box / 2)
 
 
 def check_resolution(settings: Settings, particles: ParticleSet) -> None:
     """The target resolution must lie above Nyquist and within reach of the finest quadrature rule."""
     box, apix = particles.box, particles.pixel_size
-    target = target_resolution(settings.resolution, box, apix)
-    if not target >= 2 * apix:
-        raise InputError(particles.source, f"--resolution {target:g} Å is finer than Nyquist ({2 * apix:g} Å at "
-                                           f"{apix:g} Å/pixel)")
+    if settings.resolution is not None and not (settings.resolution > 0 and math.isfinite(settings.resolution)):
+        raise InputError(particles.source, f"--resolution {settings.resolution:g} Å is not a positive number")
+    target = target_resolution(settings.resolution, box, apix, settings.nyquist_fraction)
+    # the band limit box * apix / target must stay below box / 2: the images hold no frequency +N/2
+    if not box * apix / target < box / 2:
+        raise InputError(particles.source, f"--resolution {target:g} Å is not coarser than Nyquist ({2 * apix:g} Å "
+                                           f"at {apix:g} Å/pixel)")
     if box * apix / target > finest_band_limit():
         needed = directions_for_step(angular_step(box * apix / target))
         most = LEBEDEV_POINTS[available_lebedev_orders()[-1]]
@@ -203,7 +236,7 @@ def check_resolution(settings: Settings, particles: ParticleSet) -> None:
 
 def band_schedule(settings: Settings, box: int, pixel_size: float, n_steps: int) -> list[tuple[int, float]]:
     """``[(first_step, band_limit), ...]``: the marching stages."""
-    target = target_resolution(settings.resolution, box, pixel_size)
+    target = target_resolution(settings.resolution, box, pixel_size, settings.nyquist_fraction)
     r_final = box * pixel_size / target
     stages = max(1, settings.marching_stages)
     if stages == 1:
@@ -280,6 +313,16 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+# where and how fast a run computes, not what: a run may resume with other values of these
+NOT_IN_CHECKPOINT_KEY = ("device", "precision", "memory_budget", "checkpoint_every")
+
+
+def checkpoint_key(settings: Settings) -> str:
+    """The settings that change the result, as text: a checkpoint resumes only under the same key."""
+    fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_CHECKPOINT_KEY}
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
 def load_checkpoint(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -306,6 +349,10 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     t_start = time.time()
     torch.manual_seed(settings.seed)
     box, apix = particles.box, particles.pixel_size
+    for key in ("lambda_plus", "lambda_minus"):
+        value = getattr(settings, key)
+        if not (value >= 0 and math.isfinite(value)):
+            raise InputError(particles.source, f"--{key.replace('_', '-')} {value:g} is not a non-negative number")
     check_resolution(settings, particles)
     dataset = load_dataset(particles, settings)
     probe = make_optimizer(settings.optimizer, 1.0)
@@ -349,7 +396,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     ckpt_path = Path(checkpoint) if checkpoint else None
     state = load_checkpoint(ckpt_path) if ckpt_path and parallel.is_main() else None
     state = parallel.broadcast_object(state)
-    settings_key = json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)
+    settings_key = checkpoint_key(settings)
     if state is not None and state.get("settings") != settings_key:
         raise InputError(ckpt_path, "the checkpoint was written with other settings; remove it or use them")
 
@@ -359,15 +406,19 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if lr is None:
             lr = _tune(settings, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints, n_train)
         step, grads, log, snapshots, opt_state = 0, 0, [], {}, None
-        kernel_seconds = 0.0
+        kernel_seconds, rejected = 0.0, []
     else:
         volume, lr = state["volume"].to(device), state["learning_rate"]
         step, grads, log = state["step"], state["gradients"], state["log"]
         snapshots, opt_state, kernel_seconds = state["snapshots"], state["optimizer_state"], state["kernel_seconds"]
+        rejected = state.get("rejected", [])
+    tuned_lr = lr if state is None else state.get("tuned_learning_rate", lr)
 
-    opt = make_optimizer(settings.optimizer, lr)
-    if settings.positivity or mask is not None:
-        opt = with_projection(opt, project_constraints)
+    def make(rate):
+        o = make_optimizer(settings.optimizer, rate)
+        return with_projection(o, project_constraints) if settings.positivity or mask is not None else o
+
+    opt = make(lr)
     if opt_state is None:
         opt_state = opt.init(volume)
     eval_every = max(1, n_steps // max(1, settings.evaluations))
@@ -381,6 +432,29 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         return dataset.images(parallel.shard(idx))
 
     # keys are the minibatches' indices, drawn once per step
+    def diverged(what):
+        tried = (f"halving the learning rate {len(rejected) - 1} times (from {tuned_lr:.3g} to {2 * lr:.3g}) did "
+                 "not stop it" if rejected else f"at learning rate {lr:.3g}")
+        return Diverged(particles.source, f"{settings.optimizer} diverged: {what}; {tried}; no map was written "
+                                          f"(try a smaller --learning-rate, or another optimiser)")
+
+    def reject(value, level, what):
+        """Undo the last update (restore ``previous``) and halve the rate; returns the restored volume."""
+        nonlocal lr, opt, opt_state
+        lr *= 0.5
+        rejected.append({"step": step, "value": value, "level": level, "learning_rate": lr, "what": what})
+        if len(rejected) > MAX_REJECTIONS:
+            raise diverged(f"{what} at step {step}")
+        opt = make(lr)
+        restored, opt_state = previous
+        for target in new_snapshots:  # taken from the rejected density: taken again from the next one
+            snapshots.pop(target, None)
+        if log:
+            log[-1].pop("test_nll", None)  # evaluated on the rejected density
+        return restored
+
+    recent: list[float] = []           # accepted minibatch values at the current band limit
+    previous, new_snapshots, last_band = None, [], None
     prefetch = Prefetcher(load, (batch_indices(s) for s in range(step, n_steps)))
     batches = iter(prefetch)
     while step < n_steps:
@@ -392,25 +466,67 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         mb = kern.prepare(images, dataset.particles.ctf[local])
         t0 = time.time()
         out = objective(volume, mb, total=len(idx))
+        if r != last_band:
+            recent, last_band = [], r
+        # the guard: the value here judges the previous update
+        level = float(np.median(recent)) if recent else None
+        finite = math.isfinite(out.value) and bool(torch.isfinite(out.gradient).all())
+        blown = not finite or (level is not None and out.value - level > (BLOWUP_FACTOR - 1) * max(abs(level), 1.0))
+        n_rejected = 0
+        if blown:
+            if previous is None:  # nothing to go back to: the start (or the resumed point) itself is bad
+                raise diverged(f"the minibatch objective is {out.value:g} at step {step}")
+            what = ("a non-finite objective" if not finite else
+                    f"the minibatch objective jumped to {out.value:.4g} from a level of {level:.4g}")
+            volume = reject(out.value, level, what)
+            n_rejected = 1
+            if parallel.is_main():
+                warnings.warn(f"{settings.optimizer}: step {step} rejected ({what}); learning rate halved to "
+                              f"{lr:.3g}")
+            out = objective(volume, mb, total=len(idx))
+            grads += len(idx)
+        else:
+            recent = (recent + [out.value])[-GUARD_WINDOW:]
 
         def grad_fn(p, _objective=objective, _mb=mb, _n=len(idx)):
             o = _objective(p, _mb, total=_n)
             return o.value, o.gradient
 
+        previous = (volume, opt_state)
         volume, opt_state, n_extra = opt.update(out.gradient, opt_state, volume, value=out.value, grad_fn=grad_fn)
         kernel_seconds += time.time() - t0
         step += 1
         grads += len(idx) * (1 + n_extra)
         if settings.centre_every and step % settings.centre_every == 0 and step < n_steps:
-            volume = centre_density(volume)
+            # the optimiser's momenta, sums, curvature pairs and factors move with the density
+            volume, shift = centre_density(volume, return_shift=True)
+            if any(shift):
+                opt_state = roll_state(opt_state, shift, tuple(volume.shape))
+        new_snapshots = []
         for target in snap_targets:
             if target not in snapshots and grads >= target:
                 snapshots[target] = volume.clone()
+                new_snapshots.append(target)
         row = {"step": step, "gradients": grads, "epoch": step / steps_per_epoch, "band_limit": r,
-               "value": out.value, "seconds": time.time() - t_start}
+               "value": out.value, "learning_rate": lr, "rejected": n_rejected, "seconds": time.time() - t_start}
         if step % eval_every == 0 or step == n_steps:
             row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch,
                                                                                total=len(dataset.test))
+            if step == n_steps:  # no minibatch judges the last update: the held-out NLL does
+                earlier = [e["test_nll"] for e in log if "test_nll" in e]
+                best = min(earlier) if earlier else None
+                if not math.isfinite(row["test_nll"]) or (
+                        best is not None and row["test_nll"] - best > (BLOWUP_FACTOR - 1) * max(abs(best), 1.0)):
+                    what = f"the held-out NLL rose to {row['test_nll']:.4g} from {best}"
+                    volume = reject(row["test_nll"], best, what)
+                    if parallel.is_main():
+                        warnings.warn(f"{settings.optimizer}: the last step rejected ({what}); the map is the "
+                                      "density before it")
+                    row["rejected"] = 1
+                    row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch,
+                                                                                       total=len(dataset.test))
+                    if not math.isfinite(row["test_nll"]):
+                        raise diverged("the held-out NLL is not finite at the end")
         log.append(row)
         if progress is not None:
             progress(step, n_steps, row)
@@ -419,7 +535,8 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if ckpt_path and parallel.is_main() and (done or due):
             save_checkpoint(ckpt_path, {"settings": settings_key, "volume": volume, "learning_rate": lr,
                                         "step": step, "gradients": grads, "log": log, "snapshots": snapshots,
-                                        "optimizer_state": opt_state, "kernel_seconds": kernel_seconds})
+                                        "optimizer_state": opt_state, "kernel_seconds": kernel_seconds,
+                                        "rejected": rejected, "tuned_learning_rate": tuned_lr})
         if ckpt_path and (done or due):
             last_save = time.time()
         if stop_after is not None and step >= stop_after and step < n_steps:
@@ -428,14 +545,28 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     snapshots_np = {k: v.cpu().numpy() for k, v in snapshots.items()}
     snapshots_np["final"] = volume.cpu().numpy()
     final_kernel = kernel_for(band_at(max(step - 1, 0)))
+    if not bool(torch.isfinite(volume).all()):
+        raise diverged("the density is not finite at the end")
     return Reconstruction(volume.cpu().numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
                           dataset.noise_std, time.time() - t_start, kernel_seconds, final_kernel.chunk,
-                          peak_rss_bytes(), final_kernel.operator_bytes, contrast=dataset.contrast)
+                          peak_rss_bytes(), final_kernel.operator_bytes, contrast=dataset.contrast,
+                          rejected=rejected)
+
+
+def tuning_split(settings: Settings, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(tuning, validation)``: disjoint subsets of the training images for the learning-rate search.
+
+    The candidates run on up to ``tune_images`` training images and are scored on ``test_size`` others
+    (at most a third of the training set); the test images are kept for reporting only.
+    """
+    train = dataset.train
+    n_val = max(1, min(settings.test_size, len(train) // 3))
+    return train[:min(len(train) - n_val, settings.tune_images)], train[len(train) - n_val:]
 
 
 def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
     """The base learning rate from a short search on ``tune_images`` training images."""
-    subset = dataset.train[:min(len(dataset.train), settings.tune_images)]
+    subset, validation = tuning_split(settings, dataset)
     objective = Objective(kern, prior, n_train)
     cache = {}
 
@@ -470,16 +601,26 @@ def _tune(settings, dataset, kern, prior, volume, projection, n_train) -> float:
         # its rate is a per-voxel step, so scale it by the density's voxel values instead
         scale = 0.1 * float(volume.abs().max())
     candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
-    # score each candidate by the held-out NLL (at the tuning band limit), not by training minibatches:
-    # a short run on training batches rewards rates at the edge of stability
-    test = parallel.shard(np.sort(dataset.test))
-    held = kern.prepare(dataset.images(test), dataset.particles.ctf[test])
+    # score each candidate by the NLL of validation images (training images outside the tuning subset,
+    # at the tuning band limit), not by the tuning minibatches: a short run on those rewards rates at the
+    # edge of stability; the test images, whose NLL the run reports, play no part
+    mine = parallel.shard(np.sort(validation))
+    held = kern.prepare(dataset.images(mine), dataset.particles.ctf[mine])
 
     def heldout(p):
-        return objective.test_nll(p, held, total=len(dataset.test))
+        return objective.test_nll(p, held, total=len(validation))
 
-    best = tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates, heldout=heldout,
-                              n_steps=settings.tune_steps, seed=settings.seed, projection=projection)
+    try:
+        best = tune_learning_rate(settings.optimizer, factory, volume, candidates=candidates, heldout=heldout,
+                                  n_steps=settings.tune_steps, seed=settings.seed, projection=projection)
+    except parallel.DistributedFailure:
+        raise
+    except RuntimeError:  # every candidate diverged
+        low, high = min(candidates), max(candidates)
+        raise InputError(dataset.particles.source,
+                         f"no learning rate from {low:.3g} to {high:.3g} lowered the NLL for {settings.optimizer} "
+                         "(the images may hold no signal at this band limit); give one with "
+                         "--learning-rate") from None
     return float(best) * TUNE_SAFETY * TUNE_SAFETY_EXTRA.get(settings.optimizer, 1.0)
 
 

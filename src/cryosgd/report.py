@@ -145,7 +145,7 @@ def plot_fsc(path, comparison, band_limit: float | None = None) -> None:
 
 
 def write_log_csv(path, log: list[dict]) -> None:
-    keys = ["step", "gradients", "epoch", "band_limit", "value", "test_nll", "seconds"]
+    keys = ["step", "gradients", "epoch", "band_limit", "value", "test_nll", "learning_rate", "rejected", "seconds"]
     path = Path(path)
     tmp = path.with_name(f".{path.name}.part")
     with open(tmp, "w", newline="") as fh:

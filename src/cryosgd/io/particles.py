@@ -207,9 +207,14 @@ def single_pixel_size(source, pixel_sizes, groups: str = "optics groups") -> flo
     """The set's one pixel size (Å) from ``(n,)`` per-particle values.
 
     Values within 1% of each other are merged to the most common one, with a
-    warning; a wider spread raises :class:`InputError` (split the set).
+    warning; a wider spread raises :class:`InputError` (split the set), and so
+    does a pixel size that is not a positive number.
     """
     sizes = np.asarray(pixel_sizes, dtype=np.float64)
+    bad = ~(np.isfinite(sizes) & (sizes > 0))
+    if bad.any():
+        raise InputError(source, f"pixel size {sizes[bad][0]:g} Å (particle {int(np.argmax(bad)) + 1}) is not a "
+                                 "positive number")
     values, group, counts = np.unique(np.round(sizes, 6), return_inverse=True, return_counts=True)
     if len(values) == 1:
         return float(sizes.mean())

@@ -112,7 +112,8 @@ def _pixel_sizes(columns: _Columns) -> np.ndarray | None:
             return sizes
     detector, magnification = columns.get("rlnDetectorPixelSize"), columns.get("rlnMagnification")
     if detector is not None and magnification is not None:
-        return detector * 1e4 / magnification  # µm -> Å, divided by the magnification
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero magnification is refused as a size
+            return detector * 1e4 / magnification  # µm -> Å, divided by the magnification
     return None
 
 

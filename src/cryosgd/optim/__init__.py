@@ -25,6 +25,7 @@ from .base import (
     finite_difference_epsilon,
     inverse_power_decay,
     nonnegative,
+    roll_state,
     sutskever_momentum,
     with_projection,
     zero_outside,
@@ -42,7 +43,7 @@ __all__ = [
     "SGDState", "MomentumState", "AdagradState", "TongaState", "OnlineLBFGSState",
     "HessianFreeState",
     "constant_schedule", "inverse_power_decay", "sutskever_momentum", "as_schedule",
-    "with_projection", "nonnegative", "zero_outside",
+    "with_projection", "nonnegative", "zero_outside", "roll_state",
     "finite_difference_epsilon", "finite_difference_hvp", "conjugate_gradient",
     "tune_learning_rate", "reference_learning_rate",
 ]

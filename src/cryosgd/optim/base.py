@@ -38,7 +38,7 @@ __all__ = [
     "Optimizer", "GradFn", "HvpFn", "Projection", "Schedule",
     "constant_schedule", "inverse_power_decay", "sutskever_momentum", "as_schedule",
     "with_projection", "nonnegative", "zero_outside",
-    "finite_difference_epsilon",
+    "finite_difference_epsilon", "roll_state",
 ]
 
 GradFn = Callable[[Tensor], "tuple[Tensor | float, Tensor]"]
@@ -169,3 +169,34 @@ def finite_difference_epsilon(params: Tensor, direction: Tensor) -> float:
         return 0.0
     norm_p = float(torch.linalg.vector_norm(params))
     return math.sqrt(torch.finfo(params.dtype).eps) * (1.0 + norm_p) / norm_v
+
+
+def roll_state(state: Any, shifts: "tuple[int, ...]", shape: "tuple[int, ...]") -> Any:
+    """The optimiser state for parameters rolled by ``torch.roll(params, shifts, dims=(0, 1, ...))``.
+
+    A roll permutes the coordinates, so running an optimiser on the rolled
+    problem from the rolled start gives exactly the rolled state: every tensor
+    that lives in the parameters' frame moves with them, and everything else
+    (counters, damping, TONGA's Gram matrix of inner products, scalars) stays.
+    Parameter-shaped tensors (momenta, AdaGrad's sums, L-BFGS pairs, HF's warm
+    start) are rolled; ``(n_params, m)`` tensors (TONGA's factor, one column
+    per vector) are rolled column by column; tuples and NamedTuples are walked.
+    """
+    shape = tuple(shape)
+    dims = tuple(range(len(shape)))
+    n = math.prod(shape)
+
+    def move(leaf):
+        if isinstance(leaf, Tensor):
+            if tuple(leaf.shape) == shape:
+                return torch.roll(leaf, shifts=tuple(shifts), dims=dims)
+            if leaf.dim() == 2 and leaf.shape[0] == n and n > 1:
+                cols = leaf.reshape(*shape, leaf.shape[1])
+                return torch.roll(cols, shifts=tuple(shifts), dims=dims).reshape(n, leaf.shape[1])
+            return leaf
+        if isinstance(leaf, tuple):
+            moved = [move(x) for x in leaf]
+            return type(leaf)(*moved) if hasattr(leaf, "_fields") else tuple(moved)
+        return leaf
+
+    return move(state)
