@@ -47,7 +47,9 @@ from cryosgd.forward.density import resample_map
 from cryosgd.forward.simulate import draw_ctfs
 from cryosgd.io import InputError, load_particles, read_map, write_map
 from cryosgd.baselines.projmatch import projection_matching
-from cryosgd.reconstruct import Settings, initial_density, load_dataset, reconstruct
+from cryosgd.fourier import band_limit_px
+from cryosgd.reconstruct import (Settings, initial_density, load_dataset, particle_diameter_px, reconstruct,
+                                 target_resolution)
 from cryosgd.simulation import relion_simulate
 
 METHODS = ("sgd", "projmatch", "relion-em", "relion-sgd")
@@ -269,14 +271,15 @@ def main(argv=None) -> int:
     box, apix, n = particles.box, particles.pixel_size, len(particles)
     truth, truth_voxel = read_map(truth_path)
     truth = resample_map(truth, truth_voxel or apix, box, apix)
-    diameter = args.particle_diameter or 0.8 * box * apix
+    diameter = args.particle_diameter or particle_diameter_px(box, apix) * apix
     settings = Settings(epochs=args.epochs, seed=args.seed, resolution=args.resolution, particle_diameter=diameter,
                         max_shift=args.max_shift)
     if args.marching_stages:
         settings.marching_stages = args.marching_stages
-    target = args.resolution or box * apix / (0.25 * box / 2)  # Å: the band every method works in
-    band = box * apix / target                                  # Fourier pixels
-    init = initial_density(box, load_dataset(particles, settings), settings).numpy()
+    target = target_resolution(args.resolution, box, apix)  # Å: the band every method works in
+    band = band_limit_px(target, box, apix)                   # Fourier pixels
+    dataset = load_dataset(particles, test_size=settings.test_size, seed=settings.seed, diameter_A=diameter)
+    init = initial_density(box, dataset, seed=settings.seed, diameter_A=diameter).numpy()
     init_path = out / "init.mrc"
     write_map(init_path, init, apix)
     offset_range, offset_step = args.max_shift, 1.0

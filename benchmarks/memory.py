@@ -26,7 +26,7 @@ one JSON line:
     sweep_s, sweep_mb_per_s (with --sweep)
 
 ``peak_rss_bytes`` is this process's high-water resident set size
-(:func:`cryosgd.memory.peak_rss_bytes`): imports, metadata, the likelihood
+(:func:`cryosgd.runtime.memory.peak_rss_bytes`): imports, metadata, the likelihood
 kernels and the minibatches; the build is not counted.  ``--reader mmap``
 reads the stacks through mrcfile's memory map instead of positioned reads,
 for comparison.
@@ -48,7 +48,7 @@ import cryosgd.io.particles
 from cryosgd.io import ImageStack, ParticleSet, load_particles, write_particles_star
 from cryosgd.io.mrc import write_stack_chunks
 from cryosgd.io.prefetch import Prefetcher
-from cryosgd.memory import current_rss_bytes, format_bytes, peak_rss_bytes
+from cryosgd.runtime.memory import current_rss_bytes, format_bytes, peak_rss_bytes
 from machine import cpu_model
 
 BOX, PIXEL_SIZE = 128, 1.5          # px, Å: 64 KiB float32 images

@@ -57,7 +57,7 @@ def main() -> None:
         particles = load_particles(paths.particles)
         truth, _ = read_map(paths.volume)
         settings = Settings(resolution=args.resolution, test_size=100)
-        dataset = load_dataset(particles, settings)
+        dataset = load_dataset(particles, test_size=settings.test_size, seed=settings.seed)
         r = BOX * APIX / args.resolution
         k32 = build_kernel(r, BOX, APIX, settings)
         k64 = likelihood.MarginalLikelihood(BOX, APIX, r, k32.rotations, k32.shifts,  # the same quadrature
@@ -66,7 +66,7 @@ def main() -> None:
         batches = [(k32.prepare(dataset.images(i), particles.ctf[i]), k64.prepare(dataset.images(i), particles.ctf[i]))
                    for i in idx]
         densities = {"truth": torch.as_tensor(truth / dataset.noise_std, dtype=torch.float32),
-                     "random start": initial_density(BOX, dataset, settings)}
+                     "random start": initial_density(BOX, dataset, seed=settings.seed)}
         pad = likelihood._pad_columns
         for name, vol in densities.items():
             ref_ll, ref_g = evaluate(k64, vol.double(), batches[0][1])

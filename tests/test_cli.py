@@ -125,12 +125,12 @@ def test_every_learning_rate_diverging_is_one_line(tmp_path, monkeypatch, capsys
     import cryosgd.reconstruct
     from cryosgd.cli import main
 
-    real = cryosgd.reconstruct.tune_learning_rate
+    real = cryosgd.reconstruct.tuning.tune_learning_rate
 
     def absurd_rates(name, factory, params, *, candidates, **kw):  # every candidate 1e8 times too large
         return real(name, factory, params, candidates=[1e8 * c for c in candidates], **kw)
 
-    monkeypatch.setattr(cryosgd.reconstruct, "tune_learning_rate", absurd_rates)
+    monkeypatch.setattr(cryosgd.reconstruct.tuning, "tune_learning_rate", absurd_rates)
     monkeypatch.setenv("CRYOSGD_QUIET", "1")
     write_stack(tmp_path / "s.mrcs", np.random.default_rng(0).standard_normal((200, 32, 32)))
     write_star(tmp_path / "p.star", "s.mrcs", 200)

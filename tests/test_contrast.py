@@ -75,19 +75,19 @@ def _particle_set(tmp_path, images, ctf, pixel_size):
 
 def test_reconstruct_loads_dark_images_inverted(tmp_path, simulated):
     """``Settings.invert_contrast``: auto inverts dark images with a one-line notice; yes/no are obeyed."""
-    from cryosgd.reconstruct import Settings, load_dataset
+    from cryosgd.reconstruct import load_dataset
 
     dark = _particle_set(tmp_path, -simulated.images[:300], simulated.ctf[:300], 4.0)
     with pytest.warns(UserWarning, match=r"^protein is dark in the images \(z = -\d+\.\d from 300 images\): "
                                           r"inverting them"):
-        data = load_dataset(dark, Settings(invert_contrast="auto"))
+        data = load_dataset(dark, test_size=100, seed=0, invert_contrast="auto")
     assert data.contrast == -1.0
     idx = np.arange(5)
     np.testing.assert_allclose(data.images(idx), simulated.images[:5] / data.noise_std, rtol=1e-6)
-    assert load_dataset(dark, Settings(invert_contrast="no")).contrast == 1.0
+    assert load_dataset(dark, test_size=100, seed=0, invert_contrast="no").contrast == 1.0
     bright = _particle_set(tmp_path, simulated.images[:300], simulated.ctf[:300], 4.0)
-    assert load_dataset(bright, Settings()).contrast == 1.0  # auto, no notice (warnings are errors here)
-    assert load_dataset(bright, Settings(invert_contrast="yes")).contrast == -1.0
+    assert load_dataset(bright, test_size=100, seed=0).contrast == 1.0  # auto, no notice (warnings are errors here)
+    assert load_dataset(bright, test_size=100, seed=0, invert_contrast="yes").contrast == -1.0
 
 
 def test_cli_invert_contrast_option():

@@ -7,14 +7,14 @@ import torch
 
 from cryosgd.forward.ctf import CTFParams, ctf_grid
 from cryosgd.forward.slicing import extract_central_slices
-from cryosgd.inference.likelihood import LikelihoodBatch, MarginalLikelihood, _tf32_products, half_plane_frequencies
+from cryosgd.inference.likelihood import LikelihoodBatch, MarginalLikelihood, half_plane_frequencies
 from cryosgd.inference.objective import Objective
 from cryosgd.inference.prior import DensityPrior
 from cryosgd.inference.quadrature import lebedev_directions
 from cryosgd.inference.rotation_set import VARIANT_MATRICES, build_rotation_set
 from cryosgd.io import InputError
-from cryosgd.memory import available_bytes
-from cryosgd.reconstruct import resolve_precision
+from cryosgd.runtime.memory import available_bytes
+from cryosgd.runtime.device import resolve_precision, tf32_products
 
 SIGMA = 1.3
 
@@ -259,6 +259,21 @@ def test_precision_follows_the_device():
 def test_tf32_products_are_scoped_to_the_kernel():
     matmul = torch.backends.cuda.matmul
     before = matmul.fp32_precision
-    with _tf32_products(True):
+    with tf32_products(True):
         assert matmul.fp32_precision == "tf32"
     assert matmul.fp32_precision == before
+
+
+def test_denormals_are_flushed_inside_the_kernel_only():
+    from cryosgd.runtime.device import flush_denormals
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal
+    kern, vol, batch = tiny_problem()[:3]
+    kern(vol, batch)
+    assert float(tiny * 1.0) != 0.0  # after the kernel: the process's setting is left alone
+    with flush_denormals():
+        assert float(tiny * 1.0) == 0.0
+        with flush_denormals():
+            pass
+        assert float(tiny * 1.0) == 0.0  # a nested block does not switch it off early
+    assert float(tiny * 1.0) != 0.0

@@ -6,7 +6,6 @@ are what every training step applies forward and, for the gradient, transposed. 
 here: each adjoint is the hand-written one the kernel calls, checked against the forward map with random
 vectors in float64, on odd and even boxes.
 """
-import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation

@@ -39,7 +39,7 @@ import sys
 import numpy as np
 import torch
 
-from cryosgd import parallel
+from cryosgd.runtime import parallel
 from cryosgd.forward.ctf import CTFParams
 from cryosgd.inference.likelihood import MarginalLikelihood
 from cryosgd.inference.objective import Objective
@@ -101,20 +101,20 @@ def test_two_processes_give_the_same_map_as_one(small_set, tmp_path):
     assert summary["rotation_chunk"] > 0
 
 
-# a stand-in for `cryosgd.cli._spawned` that kills process 1 of the run right after its all-reduced
+# a stand-in for `cryosgd.runtime.launch._spawned` that kills process 1 of the run right after its all-reduced
 # gradient of step FAULT_STEP: process 0 has then written the checkpoint of the step before
 # (it joined that all-reduce after writing it) and cannot write another (that takes a collective)
 FAULT = """
 import os
 import signal
 
-import cryosgd.cli
+import cryosgd.runtime.launch
 from cryosgd.inference.objective import Objective
 
 STEP = int(os.environ["FAULT_STEP"])
 
 
-def spawned(index, argv, world, port):
+def spawned(index, main, argv, world, port, errors):
     if index == 1:
         evaluate, calls = Objective.__call__, []
 
@@ -126,7 +126,7 @@ def spawned(index, argv, world, port):
             return out
 
         Objective.__call__ = dying
-    cryosgd.cli._spawned(index, argv, world, port)
+    cryosgd.runtime.launch._spawned(index, main, argv, world, port, errors)
 """
 
 
@@ -138,7 +138,8 @@ def test_a_killed_rank_ends_the_run_cleanly_and_it_resumes_with_another_count(sm
     (tmp_path / "faulty.py").write_text(FAULT)
     env = {**ENV, "FAULT_STEP": "22",
            "PYTHONPATH": os.pathsep.join([str(tmp_path)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-    driver = ("import sys, cryosgd.cli, faulty; cryosgd.cli._spawned = faulty.spawned; "
+    driver = ("import sys, cryosgd.cli, cryosgd.runtime.launch, faulty; "
+              "cryosgd.runtime.launch._spawned = faulty.spawned; "
               "sys.exit(cryosgd.cli.main(sys.argv[1:]))")
     killed = subprocess.run([sys.executable, "-c", driver, *args, "--nproc", "2"], env=env, capture_output=True,
                             text=True, timeout=900)

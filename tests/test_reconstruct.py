@@ -143,7 +143,7 @@ def test_resumed_run_gives_the_same_map(small_simulation, tmp_path, monkeypatch,
             calls.append(1)
             return super().__call__(*args, **kw)
 
-    monkeypatch.setattr(cryosgd.reconstruct, "Objective", CountingObjective)
+    monkeypatch.setattr(cryosgd.reconstruct.loop, "Objective", CountingObjective)
     ckpt, killed = tmp_path / "whole.pt", tmp_path / "killed.pt"
     calls_after = {}
 

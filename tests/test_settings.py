@@ -49,8 +49,8 @@ def test_negative_prior_rate_is_refused(small_set):
 
 def test_learning_rate_is_tuned_without_the_test_images(small_set, monkeypatch):
     settings = Settings(test_size=20, tune_steps=2, seed=1)
-    dataset = rc.load_dataset(small_set, settings)
-    tuning, validation = rc.tuning_split(settings, dataset)
+    dataset = rc.load_dataset(small_set, test_size=settings.test_size, seed=settings.seed)
+    tuning, validation = rc.tuning_split(dataset, tune_images=settings.tune_images, validation_size=settings.test_size)
     assert not set(tuning) & set(validation) and set(tuning) | set(validation) <= set(dataset.train)
     assert len(validation) == 20
     read = []
@@ -61,10 +61,11 @@ def test_learning_rate_is_tuned_without_the_test_images(small_set, monkeypatch):
         return real(self, index)
 
     monkeypatch.setattr(rc.Dataset, "images", spy)
-    volume = rc.initial_density(small_set.box, dataset, settings)
+    volume = rc.initial_density(small_set.box, dataset, seed=settings.seed)
     read.clear()
     kern = rc.build_kernel(3.0, small_set.box, small_set.pixel_size, settings)
-    rate = rc._tune(settings, dataset, kern, DensityPrior(1e-4, 1e-4), volume, lambda v: v, len(dataset.train))
+    rate = rc.tune_rate("sgd", dataset, kern, DensityPrior(1e-4, 1e-4), volume, lambda v: v, len(dataset.train),
+                        seed=settings.seed, tune_steps=settings.tune_steps, validation_size=settings.test_size)
     assert rate > 0
     assert read and not set(read) & set(dataset.test.tolist())
     assert set(validation.tolist()) <= set(read)

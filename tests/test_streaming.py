@@ -18,7 +18,7 @@ from cryosgd.forward.ctf import CTFParams
 from cryosgd.io import ImageStack, InputError, ParticleSet
 from cryosgd.io.mrc import write_stack_chunks
 from cryosgd.io.prefetch import Prefetcher
-from cryosgd.memory import current_rss_bytes, format_bytes, peak_rss_bytes
+from cryosgd.runtime.memory import current_rss_bytes, format_bytes, peak_rss_bytes
 
 MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
 

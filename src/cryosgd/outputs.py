@@ -1,4 +1,5 @@
-"""What ``cryosgd reconstruct`` writes: map, poses, log, plots and report."""
+"""What the commands write: a reconstruction's map, poses, log, plots and report; a comparison's
+table and figures; projection matching's map, poses and log."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,11 @@ import numpy as np
 from .evaluate import compare_maps
 from .fourier import resolution_A
 from .io import ParticleSet, write_map, write_particles_star
-from .report import plot_fsc, plot_nll, plot_views, write_log_csv, write_report
+from .report import (plot_compare_nll, plot_fsc, plot_montage, plot_nll, plot_views, write_log_csv,
+                     write_report)
 from .reconstruct import Reconstruction
 
-__all__ = ["write_outputs"]
+__all__ = ["reconstruct_and_write", "write_outputs", "comparison_table", "write_comparison", "write_projmatch_outputs"]
 
 
 def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, poses=None,
@@ -74,3 +76,65 @@ def _guard_text(rec: Reconstruction) -> str:
              f"{rec.learning_rate:.3g}); `rejected` in log.csv marks them:", ""]
     lines += [f"- step {r['step']}: {r['what']}" for r in rec.rejected]
     return "\n".join(lines)
+
+
+def comparison_table(rows: list[tuple[str, dict | None]], *, with_fsc: bool) -> str:
+    """A Markdown table of ``(optimiser, summary)`` rows (``None``: the run diverged and wrote no map)."""
+    lines = ["| method | learning rate | steps | gradient evals | final test NLL | wall s |",
+             "|---|---|---|---|---|---|"]
+    if with_fsc:
+        lines[0] += " FSC 0.5 (Å) | FSC 0.143 (Å) |"
+        lines[1] += "---|---|"
+    for name, s in rows:
+        if s is None:
+            lines.append(f"| {name} | diverged: no map (see the warning) |" + " |" * (lines[1].count("|") - 3))
+            continue
+        line = (f"| {name} | {s['learning_rate']:.3g} | {s['steps']} | {s['gradients']} | "
+                f"{s['final_test_nll']:.3f} | {s['wall_seconds']:.0f} |")
+        if with_fsc:
+            line += f" {s['fsc_0.5_A']:.1f} | {s['fsc_0.143_A']:.1f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_comparison(outdir: Path, title: str, rows: list[tuple[str, dict | None]], logs: dict, montage: dict,
+                     snapshots: tuple, *, with_fsc: bool) -> str:
+    """``nll.png`` (the paper's Figure 3), ``montage.png`` (Figure 4), ``table.md`` and ``report.md`` of a
+    comparison; ``logs`` and ``montage`` map each optimiser to its log and its snapshots. Returns the table."""
+    outdir = Path(outdir)
+    plot_compare_nll(outdir / "nll.png", logs)
+    plot_montage(outdir / "montage.png", montage, [f"{int(s) // 1000}K" for s in sorted(snapshots)] + ["final"])
+    table = comparison_table(rows, with_fsc=with_fsc)
+    (outdir / "table.md").write_text(table + "\n")
+    write_report(outdir / "report.md", title,
+                 [("Table", table), ("Test NLL against gradient evaluations (Figure 3)", "![nll](nll.png)"),
+                  ("Densities at 5K, 50K gradients and final (Figure 4)", "![montage](montage.png)")])
+    return table
+
+
+def write_projmatch_outputs(outdir: Path, result, particles: ParticleSet) -> None:
+    """``map.mrc``, ``particles.star`` (the matched poses), ``log.csv`` and ``slices.png`` of projection matching."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_map(outdir / "map.mrc", result.volume.astype(np.float32), particles.pixel_size)
+    write_particles_star(outdir / "particles.star", particles.with_poses(result.rotations, result.shifts))
+    write_log_csv(outdir / "log.csv", result.log, keys=list(result.log[0]))
+    plot_views(outdir / "slices.png", {"projection matching": result.volume},
+               title=f"{len(result.log)} iterations, band limit {result.log[-1]['resolution']:.1f} Å")
+
+
+def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, reference: np.ndarray | None = None,
+                          reference_name: str = "", assign: bool = True, progress=None,
+                          pose_progress=None) -> tuple[dict, Reconstruction]:
+    """:func:`~cryosgd.reconstruct.reconstruct` (resuming from ``outdir/checkpoint.pt``), each particle's
+    pose (with ``assign``), and :func:`write_outputs` on the first process; ``(summary, Reconstruction)``
+    (the summary is empty on the other processes of a distributed run)."""
+    from .reconstruct import assign_poses, reconstruct
+    from .runtime import parallel
+
+    rec = reconstruct(particles, settings, checkpoint=Path(outdir) / "checkpoint.pt", progress=progress)
+    poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
+    if not parallel.is_main():
+        return {}, rec
+    return write_outputs(outdir, rec, particles, poses=poses, reference=reference,
+                         reference_name=reference_name), rec

@@ -144,8 +144,12 @@ def plot_fsc(path, comparison, band_limit: float | None = None) -> None:
     _save(fig, path)
 
 
-def write_log_csv(path, log: list[dict]) -> None:
-    keys = ["step", "gradients", "epoch", "band_limit", "value", "test_nll", "learning_rate", "rejected", "seconds"]
+LOG_COLUMNS = ["step", "gradients", "epoch", "band_limit", "value", "test_nll", "learning_rate", "rejected", "seconds"]
+
+
+def write_log_csv(path, log: list[dict], keys: list[str] | None = None) -> None:
+    """A log's rows as CSV, written atomically: ``keys`` (default: a reconstruction's columns)."""
+    keys = LOG_COLUMNS if keys is None else keys
     path = Path(path)
     tmp = path.with_name(f".{path.name}.part")
     with open(tmp, "w", newline="") as fh:

@@ -25,7 +25,7 @@ from ..forward.interp import grid_correction, interpolation_taps
 from ..forward.shift import shift_spectra
 from ..forward.slicing import slice_coordinates
 
-__all__ = ["BackProjector", "backproject"]
+__all__ = ["backproject_particles", "BackProjector", "backproject"]
 
 
 class BackProjector:
@@ -103,3 +103,28 @@ def backproject(batches: Iterable, box: int, pixel_size: float, *, noise_std: fl
         if progress is not None:
             progress(len(images))
     return bp.reconstruct(noise_std=noise_std)
+
+
+def backproject_particles(particles, *, noise_std: float | None = None, kernel: str = "trilinear", batch: int = 256,
+                          progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Reconstruct a :class:`~cryosgd.io.ParticleSet` with known poses, read ``batch`` images at a time.
+
+    ``noise_std``: the images' noise std (default: estimated from the background of up to 500 images).
+    """
+    from ..inference.noise import estimate_noise_std
+    from ..io import InputError
+
+    if particles.rotations is None:
+        raise InputError(particles.source, "no poses (rlnAngleRot/Tilt/Psi): back-projection needs known poses")
+    particles.validate_images()
+    n, box = len(particles), particles.box
+    if noise_std is None:
+        noise_std = estimate_noise_std(particles.read_images(np.arange(min(n, 500))), 0.45 * box)
+
+    def batches():
+        for start in range(0, n, batch):
+            idx = np.arange(start, min(n, start + batch))
+            yield (particles.read_images(idx), particles.rotations[idx],
+                   None if particles.shifts is None else particles.shifts[idx], particles.ctf[idx])
+
+    return backproject(batches(), box, particles.pixel_size, noise_std=noise_std, kernel=kernel, progress=progress)

@@ -52,7 +52,7 @@ from ..inference.likelihood import half_plane_frequencies
 from ..inference.quadrature import choose_quadrature
 from ..inference.rotation_set import expand_variants, half_plane_permutations, rotation_set_for_band
 from ..io import InputError, ParticleSet
-from ..reconstruct import Settings, initial_density, load_dataset, target_resolution
+from ..reconstruct import initial_density, load_dataset, particle_diameter_px, target_resolution
 
 __all__ = [
     "ProjMatchResult", "ProjectionMatcher", "projection_matching", "reconstruct_band_limited",
@@ -254,23 +254,21 @@ def projection_matching(particles: ParticleSet, *, iterations: int = 5, init=Non
     if iterations < 1:
         raise InputError(particles.source, f"iterations must be >= 1, got {iterations}")
     n = len(particles)
-    settings = Settings(seed=seed, particle_diameter=particle_diameter, resolution=resolution,
-                        test_size=min(100, max(0, n - 10)))
-    dataset = load_dataset(particles, settings)
+    dataset = load_dataset(particles, test_size=min(100, max(0, n - 10)), seed=seed, diameter_A=particle_diameter)
     box, apix = particles.box, particles.pixel_size
     target = target_resolution(resolution, box, apix)
     band = band_limit_px(target, box, apix)
-    if not 1.0 <= band <= box / 2:
+    if not 1.0 <= band < box / 2:  # the images hold no frequency +N/2
         raise InputError(particles.source, f"resolution {target:g} Å is outside the box's range "
                                            f"({2 * apix:g} Å to {box * apix:g} Å)")
     if init is None:
-        volume = initial_density(box, dataset, settings)
+        volume = initial_density(box, dataset, seed=seed, diameter_A=particle_diameter)
     else:
         volume = torch.as_tensor(np.asarray(init), dtype=torch.float32)
         if volume.shape != (box,) * 3:
             raise InputError(particles.source, f"the initial map is {tuple(volume.shape)}, the images need "
                                                f"{(box,) * 3}")
-    radius = 0.5 * (particle_diameter / apix if particle_diameter else 0.8 * box)
+    radius = 0.5 * particle_diameter_px(box, apix, particle_diameter)
     window = soft_mask(box, radius) if mask else None
     matcher = ProjectionMatcher(box, apix, band, max_shift=max_shift, memory_budget=memory_budget)
     torch.manual_seed(seed)

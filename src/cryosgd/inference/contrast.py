@@ -35,7 +35,9 @@ import torch
 from ..forward.ctf import CTFParams, ctf_grid
 from ..fourier import fft2c, frequency_grid_2d
 
-__all__ = ["ContrastSign", "contrast_scores", "detect_contrast_sign", "resolve_contrast"]
+__all__ = ["ContrastSign", "contrast_scores", "detect_contrast_sign", "resolve_contrast", "CONTRAST_CHOICES"]
+
+CONTRAST_CHOICES = ("yes", "no", "auto")  # invert the images, keep them, or decide from the data
 
 
 @dataclass(frozen=True)

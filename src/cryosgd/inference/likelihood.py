@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,13 +33,11 @@ from ..forward.ctf import CTFParams, compute_ctf
 from ..forward.shift import phase_shifts
 from ..forward.bandvolume import BandTransform
 from ..forward.sparse_slicing import SparseSlicing
-from ..memory import available_bytes
+from ..runtime.device import flush_denormals, tf32_products
+from ..runtime.memory import default_memory_budget
 from .rotation_set import RotationSet, expand_variants, half_plane_permutations
 
 __all__ = ["half_plane_frequencies", "LikelihoodBatch", "LikelihoodResult", "MarginalLikelihood"]
-
-torch.set_flush_denormal(True)  # responsibilities far below 1e-38 otherwise slow the products 100-fold
-
 
 def half_plane_frequencies(band_limit: float) -> tuple[np.ndarray, np.ndarray]:
     """Integer frequencies ``(P, 2)`` with ``|k| <= band_limit`` on the half plane and their weights ``(P,)``.
@@ -78,31 +75,6 @@ class LikelihoodResult:
     best_probability: np.ndarray | None  # (B,) posterior probability of that (rotation, shift)
 
 
-def default_memory_budget(device) -> int:
-    """Bytes the score matrix may take on ``device`` when no budget is given (see :class:`MarginalLikelihood`)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] // 2
-    available = available_bytes()
-    return max(256 << 20, available // 4) if available is not None else 1 << 30
-
-
-@contextmanager
-def _tf32_products(enabled: bool):
-    """CUDA float32 matrix products with TF32 inputs inside the block (the setting is restored after)."""
-    if not enabled:
-        yield
-        return
-    matmul = torch.backends.cuda.matmul
-    key, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
-    old = getattr(matmul, key)
-    setattr(matmul, key, value)
-    try:
-        yield
-    finally:
-        setattr(matmul, key, old)
-
-
 def _pad_columns(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     """``x`` with zero columns appended up to a multiple of ``multiple``: products whose inner or
     outer size is a multiple of the vector width run up to a third faster, and zeros change nothing."""
@@ -119,7 +91,7 @@ class MarginalLikelihood:
     shifts:       ``(S, 2)`` origin offsets (pixels) and ``shift_weights`` ``(S,)`` summing to 1.
     noise_std:    sigma per pixel (1 for normalised images).
     tf32:         on CUDA, TF32 inputs (float32 accumulation) for the products (see
-                  :func:`cryosgd.reconstruct.resolve_precision`); ignored elsewhere.
+                  :func:`cryosgd.runtime.device.resolve_precision`); ignored elsewhere.
     memory_budget: bytes for the score matrix; sets the rotation chunk.  ``None``: a quarter of the
                   memory available to the process on CPU (at least 256 MiB), half the free memory
                   on a GPU; a given budget is also capped at half the free memory of a GPU.
@@ -263,7 +235,7 @@ class MarginalLikelihood:
         """
         while True:
             try:
-                with _tf32_products(self.tf32):
+                with tf32_products(self.tf32), flush_denormals():
                     return self._evaluate(volume, batch, gradient, poses)
             except torch.OutOfMemoryError:
                 if self.chunk == 1:

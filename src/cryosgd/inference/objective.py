@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..parallel import sum_across
+from ..runtime.parallel import sum_across
 from .likelihood import LikelihoodBatch, LikelihoodResult, MarginalLikelihood
 from .prior import DensityPrior
 

@@ -29,6 +29,8 @@ from .base import (
     sutskever_momentum,
     with_projection,
     zero_outside,
+    windowed,
+    compose,
 )
 from .hessian_free import HessianFreeState, conjugate_gradient, finite_difference_hvp, hessian_free
 from .lbfgs import OnlineLBFGSState, online_lbfgs
@@ -43,7 +45,7 @@ __all__ = [
     "SGDState", "MomentumState", "AdagradState", "TongaState", "OnlineLBFGSState",
     "HessianFreeState",
     "constant_schedule", "inverse_power_decay", "sutskever_momentum", "as_schedule",
-    "with_projection", "nonnegative", "zero_outside", "roll_state",
+    "with_projection", "nonnegative", "zero_outside", "windowed", "compose", "roll_state",
     "finite_difference_epsilon", "finite_difference_hvp", "conjugate_gradient",
     "tune_learning_rate", "reference_learning_rate",
 ]

@@ -37,7 +37,7 @@ from torch import Tensor
 __all__ = [
     "Optimizer", "GradFn", "HvpFn", "Projection", "Schedule",
     "constant_schedule", "inverse_power_decay", "sutskever_momentum", "as_schedule",
-    "with_projection", "nonnegative", "zero_outside",
+    "with_projection", "nonnegative", "zero_outside", "windowed", "compose",
     "finite_difference_epsilon", "roll_state",
 ]
 
@@ -152,6 +152,27 @@ def zero_outside(mask: Tensor) -> Projection:
     def projection(params: Tensor) -> Tensor:
         zero = torch.zeros((), dtype=params.dtype, device=params.device)
         return torch.where(mask.to(params.device), params, zero)
+
+    return projection
+
+
+def windowed(window: Tensor) -> Projection:
+    """Multiplication by a real ``window`` (e.g. a soft spherical mask, 1 inside, 0 outside, a smooth
+    edge between), broadcast against the parameters."""
+
+    def projection(params: Tensor) -> Tensor:
+        return params * window.to(device=params.device, dtype=params.dtype)
+
+    return projection
+
+
+def compose(*projections: Projection) -> Projection:
+    """The projections applied in order, as one (the identity when there are none)."""
+
+    def projection(params: Tensor) -> Tensor:
+        for p in projections:
+            params = p(params)
+        return params
 
     return projection
 

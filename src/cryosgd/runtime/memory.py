@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["peak_rss_bytes", "current_rss_bytes", "available_bytes", "format_bytes"]
+import torch
+
+__all__ = ["peak_rss_bytes", "current_rss_bytes", "available_bytes", "default_memory_budget", "format_bytes"]
 
 
 def peak_rss_bytes() -> int:
@@ -58,6 +60,17 @@ def available_bytes() -> int | None:
         if lim is not None and used is not None and lim < 1 << 60:
             candidates.append(max(0, lim - used))
     return min(candidates) if candidates else None
+
+
+def default_memory_budget(device) -> int:
+    """Bytes the likelihood's score matrix may take on ``device`` when no budget is given: a quarter of the
+    memory available to the process on a CPU (cgroup limits included; at least 256 MiB), half the free
+    memory of a GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    available = available_bytes()
+    return max(256 << 20, available // 4) if available is not None else 1 << 30
 
 
 def format_bytes(n: int) -> str:

@@ -1,0 +1,39 @@
+"""Pose assignment: each particle's most probable pose under a finished map."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..io import ParticleSet
+from ..runtime import parallel
+from .loop import Reconstruction
+from .schedule import build_kernel
+
+__all__ = ["assign_poses"]
+
+
+def assign_poses(particles: ParticleSet, volume: np.ndarray, rec: Reconstruction, *, batch: int = 100,
+                 progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each particle's most probable pose under the final map and band limit.
+
+    Returns rotations ``(n, 3, 3)``, origin offsets ``(n, 2)`` pixels and the
+    posterior probability of that pose ``(n,)``.
+    """
+    kern = build_kernel(rec.band_limit, particles.box, particles.pixel_size, rec.settings)
+    vol = torch.as_tensor(volume, dtype=torch.float32, device=kern.device)
+    n = len(particles)
+    rots, shifts, probs = np.empty((n, 3, 3)), np.empty((n, 2)), np.empty(n)
+    mine = parallel.shard(np.arange(n))
+    for start in range(0, len(mine), batch):
+        idx = mine[start:start + batch]
+        mb = kern.prepare(particles.read_images(idx) * (rec.contrast / rec.noise_std), particles.ctf[idx])
+        res = kern(vol, mb, gradient=False)
+        rots[idx], shifts[idx], probs[idx] = res.best_rotation, res.best_shift, res.best_probability
+        if progress is not None:
+            progress(len(idx) * parallel.world_size())
+    for r, part in enumerate(parallel.gather_objects((rots[mine], shifts[mine], probs[mine]))):
+        theirs = np.arange(n)[r::parallel.world_size()]
+        rots[theirs], shifts[theirs], probs[theirs] = part
+    return rots, shifts, probs

@@ -1,0 +1,92 @@
+"""Starting a command in several processes on this machine (``--nproc N``), and reporting a failed
+process's one line where the user, or torchrun, will see it."""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import parallel
+
+__all__ = ["run_spawned", "report_failure"]
+
+
+def _spawned(index: int, main: Callable, argv: list, world: int, port: int, errors: str) -> None:
+    """Process ``index`` of ``world``: ``main(argv)`` as a client of the store the parent holds (the agent
+    store of torchrun's protocol)."""
+    os.environ.update({"RANK": str(index), "LOCAL_RANK": str(index), "WORLD_SIZE": str(world),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "TORCHELASTIC_USE_AGENT_STORE": "True", "CRYOSGD_ERROR_DIR": errors})
+    code = main(argv)
+    if code:
+        sys.exit(code)
+
+
+def _first_error(errors: Path) -> tuple[int, str] | None:
+    """``(exit code, line)`` of the lowest rank that reported a failure, or ``None``."""
+    for path in sorted(errors.glob("rank*"), key=lambda p: int(p.name[4:])):
+        code, _, line = path.read_text().partition(" ")
+        return int(code), line.strip()
+    return None
+
+
+def run_spawned(main: Callable, argv: list, nproc: int) -> int:
+    """``--nproc N``: ``main(argv)`` (the same command) in N processes on this machine; the exit status.
+
+    The parent holds the rendezvous store on a port the system picks and keeps while it lives, so
+    runs started at the same time cannot collide on a port (no free-port probe that another run
+    could take before the store binds it).  A failed process's first error line is what the user
+    sees: processes report their one line to the parent instead of each printing it.
+    """
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # "terminating process ..."
+    minutes = float(os.environ.get("CRYOSGD_DIST_TIMEOUT_MIN", "10"))
+    store = dist.TCPStore("127.0.0.1", 0, nproc, True, datetime.timedelta(minutes=minutes), wait_for_workers=False)
+    resume = "the last checkpoint is intact: run the same command again to resume"
+    with tempfile.TemporaryDirectory(prefix="cryosgd-errors-") as tmp:
+        errors = Path(tmp)
+        try:  # each process sees WORLD_SIZE > 1, so its own --nproc does not spawn again
+            mp.spawn(_spawned, args=(main, argv, nproc, store.port, tmp), nprocs=nproc, join=True)
+        except mp.ProcessExitedException as err:
+            reported = _first_error(errors)
+            if reported is not None:
+                print(reported[1], file=sys.stderr)
+                return reported[0]
+            print(f"cryosgd: error: process {err.error_index} of {nproc} exited with code {err.exit_code}; "
+                  f"{resume}", file=sys.stderr)
+            return 3
+        except mp.ProcessRaisedException as err:
+            last = str(err).strip().splitlines()[-1]
+            print(f"cryosgd: error: process {err.error_index} of {nproc} failed ({last}); {resume}",
+                  file=sys.stderr)
+            return 3
+        reported = _first_error(errors)  # a handled failure in every process ends with code 0 from spawn
+    del store
+    if reported is not None:
+        print(reported[1], file=sys.stderr)
+        return reported[0]
+    return 0
+
+
+def report_failure(line: str, code: int) -> int:
+    """Print a failure's one line, or hand it to the launcher: the parent of ``--nproc`` or torchrun."""
+    spawned = os.environ.get("CRYOSGD_ERROR_DIR")
+    if spawned:  # the parent prints the first rank's line, once
+        Path(spawned, f"rank{parallel.rank() if parallel.active() else os.environ.get('RANK', '0')}").write_text(
+            f"{code} {line}\n")
+        return code
+    print(line, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:  # torchrun shows this line in its failure summary instead of "<N/A>"
+        with open(error_file, "w") as fh:
+            json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
+                                                                   "timestamp": str(int(time.time()))}}}, fh)
+    return code
