@@ -42,14 +42,20 @@ import numpy as np
 import torch
 
 from cryosgd.align import apply_alignment
+from cryosgd.baselines.projmatch import projection_matching
 from cryosgd.evaluate import compare_maps
 from cryosgd.forward.density import resample_map
 from cryosgd.forward.simulate import draw_ctfs
-from cryosgd.io import InputError, load_particles, read_map, write_map
-from cryosgd.baselines.projmatch import projection_matching
 from cryosgd.fourier import band_limit_px
-from cryosgd.reconstruct import (Settings, initial_density, load_dataset, particle_diameter_px, reconstruct,
-                                 target_resolution)
+from cryosgd.io import InputError, load_particles, read_map, write_map
+from cryosgd.reconstruct import (
+    Settings,
+    initial_density,
+    load_dataset,
+    particle_diameter_px,
+    reconstruct,
+    target_resolution,
+)
 from cryosgd.simulation import relion_simulate
 
 METHODS = ("sgd", "projmatch", "relion-em", "relion-sgd")

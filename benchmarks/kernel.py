@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from cryosgd.forward.ctf import CTFParams
-from cryosgd.inference.likelihood import MarginalLikelihood
 from cryosgd.fourier import nyquist_fraction_px
+from cryosgd.inference.likelihood import MarginalLikelihood
 from cryosgd.reconstruct import Settings, build_kernel
 
 BOX, BATCH = 128, 100

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from cryosgd.fourier import fft2c, fft3c, ifft2c, ifft3c, fft3c_adjoint
 from cryosgd.forward.ctf import CTFParams, compute_ctf, ctf_grid, electron_wavelength
 from cryosgd.forward.interp import KERNELS
 from cryosgd.forward.project import project
 from cryosgd.forward.rotations import matrix_to_relion_euler, random_rotations, relion_euler_to_matrix
 from cryosgd.forward.shift import phase_shifts, shift_spectra
 from cryosgd.forward.slicing import extract_central_slices, insert_central_slices
+from cryosgd.fourier import fft2c, fft3c, fft3c_adjoint, ifft2c, ifft3c
 
 F64 = torch.float64
 

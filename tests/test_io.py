@@ -10,8 +10,18 @@ from scipy.spatial.transform import Rotation
 
 from cryosgd.forward.ctf import CTFParams
 from cryosgd.forward.rotations import matrix_to_relion_euler, random_rotations, relion_euler_to_matrix
-from cryosgd.io import (ImageStack, InputError, ParticleSet, load_particles, read_cs, read_map,
-                        read_particles_star, write_map, write_particles_star, write_stack)
+from cryosgd.io import (
+    ImageStack,
+    InputError,
+    ParticleSet,
+    load_particles,
+    read_cs,
+    read_map,
+    read_particles_star,
+    write_map,
+    write_particles_star,
+    write_stack,
+)
 
 # --- MRC ------------------------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ from cryosgd.inference.prior import DensityPrior
 from cryosgd.inference.quadrature import lebedev_directions
 from cryosgd.inference.rotation_set import VARIANT_MATRICES, build_rotation_set
 from cryosgd.io import InputError
-from cryosgd.runtime.memory import available_bytes
 from cryosgd.runtime.device import resolve_precision, tf32_products
+from cryosgd.runtime.memory import available_bytes
 
 SIGMA = 1.3
 

@@ -7,16 +7,20 @@ import numpy as np
 import pytest
 import torch
 
+from cryosgd.baselines.projmatch import (
+    fourier_crop_images,
+    fourier_pad_volume,
+    lowpass,
+    projection_matching,
+    rotation_angle,
+)
 from cryosgd.cli import main
 from cryosgd.evaluate import compare_maps
-from cryosgd.fourier import fft2c, fft3c
 from cryosgd.forward.density import density_from_model
 from cryosgd.forward.rotations import relion_euler_to_matrix
+from cryosgd.fourier import fft2c, fft3c
 from cryosgd.io import load_particles, read_map, write_map
-from cryosgd.baselines.projmatch import (fourier_crop_images, fourier_pad_volume, lowpass, projection_matching,
-                               rotation_angle)
 from cryosgd.simulation import simulate_dataset
-
 from relion import print_table, relion_programs  # noqa: F401  (relion_programs: a fixture)
 
 BOX, APIX = 40, 8.0
@@ -83,9 +87,9 @@ def test_matching_from_the_true_map_recovers_poses(particles_5fuu):
 
 def test_matching_finds_shifts():
     """Shifted, centred-spectrum particles of a small map: the best shifts are the true origin offsets."""
+    from cryosgd.baselines.projmatch import ProjectionMatcher
     from cryosgd.forward.density import random_spheres
     from cryosgd.forward.simulate import draw_ctfs, simulate_particles
-    from cryosgd.baselines.projmatch import ProjectionMatcher
 
     rng = np.random.default_rng(3)
     box, apix = 32, 6.0

@@ -32,7 +32,6 @@ from cryosgd.forward.density import density_from_model
 from cryosgd.forward.project import project
 from cryosgd.fourier import fft2c, frequency_grid_2d, ifft2c
 from cryosgd.io import ParticleSet, read_map, read_particles_star, write_map, write_particles_star, write_stack
-
 from relion import print_table, relion_programs, write_relion_star  # noqa: F401  (relion_programs: a fixture)
 
 pytestmark = pytest.mark.relion

@@ -15,11 +15,16 @@ from cryosgd.forward.density import density_from_model
 from cryosgd.fourier import soft_mask
 from cryosgd.inference.quadrature import lebedev_directions, so3_quadrature
 from cryosgd.io import InputError, read_map, write_map
-from cryosgd.symmetry import (asymmetric_unit_mask, asymmetric_unit_share, parse_group, point_group,
-                              reduce_quadrature, rotation_about, symmetrise)
-
+from cryosgd.symmetry import (
+    asymmetric_unit_mask,
+    asymmetric_unit_share,
+    parse_group,
+    point_group,
+    reduce_quadrature,
+    rotation_about,
+    symmetrise,
+)
 from cryosgd.symmetry.groups import _seed_for
-
 from relion import RelionPrograms, relion_programs  # noqa: F401  (relion_programs: a fixture)
 
 GROUPS = ["C1", "C2", "C5", "D2", "D7", "T", "O", "I"]

@@ -10,9 +10,8 @@ import numpy as np
 from .evaluate import compare_maps
 from .fourier import resolution_A
 from .io import ParticleSet, write_map, write_particles_star
-from .report import (plot_compare_nll, plot_fsc, plot_montage, plot_nll, plot_views, write_log_csv,
-                     write_report)
 from .reconstruct import Reconstruction
+from .report import plot_compare_nll, plot_fsc, plot_montage, plot_nll, plot_views, write_log_csv, write_report
 
 __all__ = ["reconstruct_and_write", "write_outputs", "comparison_table", "write_comparison", "write_projmatch_outputs"]
 

@@ -14,16 +14,16 @@ given.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
-from ..fourier import fft2c, frequency_grid_2d, ifft3c, shell_index, soft_mask
 from ..forward.ctf import CTFParams, compute_ctf
 from ..forward.interp import grid_correction, interpolation_taps
 from ..forward.shift import shift_spectra
 from ..forward.slicing import slice_coordinates
+from ..fourier import fft2c, frequency_grid_2d, ifft3c, shell_index, soft_mask
 
 __all__ = ["backproject_particles", "BackProjector", "backproject"]
 

@@ -36,23 +36,23 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from .backproject import BackProjector
+from ..forward.bandvolume import BandTransform
 from ..forward.ctf import compute_ctf
 from ..forward.shift import phase_shifts
 from ..forward.slicing import extract_central_slices
 from ..fourier import band_limit_px, fft2c, fft3c, ifft2c, ifft3c, radius_grid, soft_mask
-from ..forward.bandvolume import BandTransform
 from ..inference.likelihood import half_plane_frequencies
 from ..inference.quadrature import choose_quadrature
 from ..inference.rotation_set import expand_variants, half_plane_permutations, rotation_set_for_band
 from ..io import InputError, ParticleSet
 from ..reconstruct import initial_density, load_dataset, particle_diameter_px, target_resolution
+from .backproject import BackProjector
 
 __all__ = [
     "ProjMatchResult", "ProjectionMatcher", "projection_matching", "reconstruct_band_limited",

@@ -53,7 +53,7 @@ class CTFParams:
 
     @classmethod
     def make(cls, defocus_u, defocus_v=None, defocus_angle=0.0, voltage=300.0, cs=2.7,
-             amplitude_contrast=0.1, phase_shift=0.0, bfactor=0.0) -> "CTFParams":
+             amplitude_contrast=0.1, phase_shift=0.0, bfactor=0.0) -> CTFParams:
         """Build from scalars or arrays; ``defocus_v`` defaults to ``defocus_u``."""
         return cls(defocus_u, defocus_u if defocus_v is None else defocus_v, defocus_angle,
                    voltage, cs, amplitude_contrast, phase_shift, bfactor)
@@ -61,11 +61,11 @@ class CTFParams:
     def __len__(self) -> int:
         return len(self.defocus_u)
 
-    def __getitem__(self, index) -> "CTFParams":
+    def __getitem__(self, index) -> CTFParams:
         return CTFParams(*(np.atleast_1d(getattr(self, f.name)[index]) for f in fields(self)))
 
     @staticmethod
-    def concatenate(parts) -> "CTFParams":
+    def concatenate(parts) -> CTFParams:
         return CTFParams(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(CTFParams)))
 
 

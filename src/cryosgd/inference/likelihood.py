@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..fourier import fft2c
+from ..forward.bandvolume import BandTransform
 from ..forward.ctf import CTFParams, compute_ctf
 from ..forward.shift import phase_shifts
-from ..forward.bandvolume import BandTransform
 from ..forward.sparse_slicing import SparseSlicing
+from ..fourier import fft2c
 from ..runtime.device import flush_denormals, tf32_products
 from ..runtime.memory import default_memory_budget
 from .rotation_set import RotationSet, expand_variants, half_plane_permutations

@@ -119,7 +119,7 @@ def available_lebedev_orders() -> list[int]:
     return [n for n in LEBEDEV_POINTS if n not in _NEGATIVE_WEIGHT_ORDERS]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lebedev(order: int) -> tuple[np.ndarray, np.ndarray]:
     if order not in LEBEDEV_POINTS:
         raise ValueError(f"no Lebedev rule of order {order}; orders: {available_lebedev_orders()}")

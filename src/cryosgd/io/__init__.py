@@ -6,8 +6,8 @@ All conversion between file conventions (RELION 3.0/3.1 STAR, cryoSPARC
 """
 from .cryosparc import read_cs
 from .errors import InputError
-from .mrc import ImageStack, read_map, write_map, write_stack
 from .load import load_particles
+from .mrc import ImageStack, read_map, write_map, write_stack
 from .particles import ParticleSet
 from .star import read_particles_star, write_particles_star
 

@@ -350,7 +350,7 @@ class ImageStack:
                 self._file.close()
                 self._file = None
 
-    def __enter__(self) -> "ImageStack":
+    def __enter__(self) -> ImageStack:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -89,7 +89,7 @@ class ParticleSet:
     def has_images(self) -> bool:
         return bool(self.image_files)
 
-    def subset(self, indices) -> "ParticleSet":
+    def subset(self, indices) -> ParticleSet:
         """The particles at ``indices`` (ints or a boolean mask), in that order."""
         index = np.arange(len(self))[np.asarray(indices)].reshape(-1)
         return dataclasses.replace(
@@ -101,7 +101,7 @@ class ParticleSet:
             shifts=None if self.shifts is None else self.shifts[index],
         )
 
-    def with_poses(self, rotations, shifts) -> "ParticleSet":
+    def with_poses(self, rotations, shifts) -> ParticleSet:
         """A copy with ``(n, 3, 3)`` rotations and ``(n, 2)`` shifts (pixels)."""
         return dataclasses.replace(self, rotations=rotations, shifts=shifts)
 

@@ -70,7 +70,7 @@ class Prefetcher(Generic[K, V]):
                 return
             self._pending.append((key, self._executor.submit(self._load, key)))
 
-    def __iter__(self) -> "Prefetcher[K, V]":
+    def __iter__(self) -> Prefetcher[K, V]:
         return self
 
     def __next__(self) -> tuple[K, V]:
@@ -100,7 +100,7 @@ class Prefetcher(Generic[K, V]):
         if executor is not None:
             executor.shutdown(wait=wait, cancel_futures=True)
 
-    def __enter__(self) -> "Prefetcher[K, V]":
+    def __enter__(self) -> Prefetcher[K, V]:
         return self
 
     def __exit__(self, *exc) -> None:

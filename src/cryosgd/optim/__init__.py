@@ -11,7 +11,7 @@ command-line names to constructors::
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .adagrad import AdagradState, adagrad
 from .base import (
@@ -21,16 +21,16 @@ from .base import (
     Projection,
     Schedule,
     as_schedule,
+    compose,
     constant_schedule,
     finite_difference_epsilon,
     inverse_power_decay,
     nonnegative,
     roll_state,
     sutskever_momentum,
+    windowed,
     with_projection,
     zero_outside,
-    windowed,
-    compose,
 )
 from .hessian_free import HessianFreeState, conjugate_gradient, finite_difference_hvp, hessian_free
 from .lbfgs import OnlineLBFGSState, online_lbfgs

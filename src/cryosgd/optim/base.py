@@ -29,7 +29,8 @@ the projection to the parameters after every update.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -65,7 +66,7 @@ class Optimizer(NamedTuple):
     """
 
     init: Callable[[Tensor], Any]
-    update: Callable[..., "tuple[Tensor, Any, int]"]
+    update: Callable[..., tuple[Tensor, Any, int]]
     batch_size: int = 100
 
 
@@ -192,7 +193,7 @@ def finite_difference_epsilon(params: Tensor, direction: Tensor) -> float:
     return math.sqrt(torch.finfo(params.dtype).eps) * (1.0 + norm_p) / norm_v
 
 
-def roll_state(state: Any, shifts: "tuple[int, ...]", shape: "tuple[int, ...]") -> Any:
+def roll_state(state: Any, shifts: tuple[int, ...], shape: tuple[int, ...]) -> Any:
     """The optimiser state for parameters rolled by ``torch.roll(params, shifts, dims=(0, 1, ...))``.
 
     A roll permutes the coordinates, so running an optimiser on the rolled

@@ -34,7 +34,8 @@ iterations, minibatches of 300 images and a damping tuned by hand.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor

@@ -26,7 +26,7 @@ geometric midpoints between the best rate and its grid neighbours once.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor

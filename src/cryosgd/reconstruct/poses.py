@@ -1,7 +1,7 @@
 """Pose assignment: each particle's most probable pose under a finished map."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

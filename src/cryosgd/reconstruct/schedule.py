@@ -9,8 +9,14 @@ import math
 
 from ..fourier import band_limit_px, nyquist_fraction_px, resolution_A
 from ..inference.likelihood import MarginalLikelihood
-from ..inference.quadrature import (LEBEDEV_POINTS, angular_step, available_lebedev_orders, choose_quadrature,
-                                   directions_for_step, finest_band_limit)
+from ..inference.quadrature import (
+    LEBEDEV_POINTS,
+    angular_step,
+    available_lebedev_orders,
+    choose_quadrature,
+    directions_for_step,
+    finest_band_limit,
+)
 from ..inference.rotation_set import rotation_set_for_band
 from ..io import InputError, ParticleSet
 from ..runtime.device import resolve_device, resolve_precision

@@ -43,7 +43,7 @@ class Settings:
     invert_contrast: str = "auto"           # yes | no | auto: from the images (inference/contrast.py)
 
     @classmethod
-    def paper(cls, **kw) -> "Settings":
+    def paper(cls, **kw) -> Settings:
         """The paper's plain setting: fixed band limit (10% of Nyquist unless given), no extras.
 
         No marching, positivity, mask or centring.  What stays (``docs/reconstruction.md``): the
@@ -57,7 +57,7 @@ class Settings:
 
     @classmethod
     def from_options(cls, *, paper: bool = False, no_marching: bool = False, no_positivity: bool = False,
-                     no_mask: bool = False, no_centring: bool = False, **kw) -> "Settings":
+                     no_mask: bool = False, no_centring: bool = False, **kw) -> Settings:
         """Settings from command-line options: the plain default or the paper's (``paper``), the
         ``no_*`` switches, and field values, of which ``None`` leaves the default."""
         fields = {k: v for k, v in kw.items() if v is not None}

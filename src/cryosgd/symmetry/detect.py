@@ -125,8 +125,8 @@ class SymmetryReport:
         for f in self.fits:
             mark = "  <- best" if f is self.best else ""
             axes = "  ".join(f"{k}-fold ({a[0]:+.3f}, {a[1]:+.3f}, {a[2]:+.3f})" for k, a in f.axes[:2])
-            lines.append(f"{f.group:>5} {f.order:>5} {f.correlation:7.4f} {f.residual:7.4f}  {f.euler[0]:7.1f} {f.euler[1]:7.1f} "
-                         f"{f.euler[2]:7.1f}  {axes}{mark}")
+            euler = " ".join(f"{angle:7.1f}" for angle in f.euler)
+            lines.append(f"{f.group:>5} {f.order:>5} {f.correlation:7.4f} {f.residual:7.4f}  {euler}  {axes}{mark}")
         lines.append(f"best explained by {self.best.group}: {self.rule()}")
         lines.append(f"corr: the map against its symmetrised self ({self.size}^3 voxels, masked); resid: "
                      f"(1 - corr^2) / (1 - 1/order); angles: RELION (rot, tilt, psi) at which the map is "

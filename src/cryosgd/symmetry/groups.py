@@ -106,7 +106,7 @@ def _close(generators: list[np.ndarray], limit: int = 200) -> np.ndarray:
     return np.stack(elements)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _point_group(kind: str, n: int) -> np.ndarray:
     name = f"{kind}{n}" if kind in "CD" else kind
     gens = [rotation_about(axis, 2 * np.pi / fold) for fold, axis in group_generators(name)]
