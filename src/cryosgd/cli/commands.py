@@ -57,8 +57,8 @@ def _cmd_symmetry(args) -> None:
     print(json.dumps(report.as_dict()) if args.json else report.text())
 
 
-RUN_FIELDS = ("epochs", "resolution", "seed", "max_shift", "learning_rate", "test_size", "device", "precision",
-              "checkpoint_every", "particle_diameter", "lambda_plus", "lambda_minus", "invert_contrast")
+RUN_FIELDS = ("epochs", "resolution", "seed", "max_shift", "search", "learning_rate", "test_size", "device",
+              "precision", "checkpoint_every", "particle_diameter", "lambda_plus", "lambda_minus", "invert_contrast")
 SWITCHES = ("paper", "no_marching", "no_positivity", "no_mask", "no_centring")
 
 

@@ -12,6 +12,7 @@ __all__ = ["build_parser", "EXAMPLES"]
 
 def _add_run_options(p, *, epochs=1.0) -> None:
     from ..inference.contrast import CONTRAST_CHOICES
+    from ..reconstruct.schedule import SEARCHES
     from ..runtime.device import PRECISIONS
 
     p.add_argument("--epochs", type=float, default=epochs, help=f"passes over the training images (default {epochs:g})")
@@ -20,6 +21,10 @@ def _add_run_options(p, *, epochs=1.0) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--learning-rate", type=float, help="base learning rate (default: tuned automatically)")
     p.add_argument("--max-shift", type=float, default=0.0, help="largest shift searched, pixels (default 0)")
+    p.add_argument("--search", choices=SEARCHES, default="exhaustive",
+                   help="pose search: exhaustive (every pose of the quadrature; default) or pruned (the quadrature "
+                        "of half the band first, then the fine poses near the coarse ones that matter; "
+                        "docs/search.md)")
     p.add_argument("--particle-diameter", type=float, help="Å (default: 80%% of the box)")
     p.add_argument("--test-size", type=int, default=100, help="held-out images (default 100)")
     p.add_argument("--reference", help="a map to score against (FSC after alignment) in the report")

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 from ..forward.rotations import relion_euler_to_matrix
 from .quadrature import angular_step, lebedev_directions, lebedev_order_for_step
 
 __all__ = ["RotationSet", "build_rotation_set", "rotation_set_for_band", "VARIANT_MATRICES", "half_plane_permutations",
-           "expand_variants"]
+           "expand_variants", "variant_tables", "rotation_parents"]
 
 
 def _variant_matrices() -> np.ndarray:
@@ -137,3 +139,35 @@ def expand_variants(rows: torch.Tensor, ctf2: torch.Tensor, index: torch.Tensor,
     ctf2v = torch.zeros((b, 8, p), dtype=ctf2.dtype, device=ctf2.device)
     ctf2v.scatter_(2, index[None].expand(b, 8, p), ctf2[:, None, :].expand(b, 8, p))
     return out, ctf2v
+
+
+def variant_tables() -> tuple[np.ndarray, np.ndarray]:
+    """``mult (8, 8)``: ``T_u T_v = T_mult[u, v]``; ``solve (8, 8)``: ``T_u T_solve[u, w] = T_w``."""
+    v = VARIANT_MATRICES
+    prod = np.einsum("uij,vjk->uvik", v, v)
+    mult = np.argmin(np.abs(prod[:, :, None] - v[None, None]).sum((-1, -2)), axis=2)
+    solve = np.empty((8, 8), dtype=np.int64)
+    for u in range(8):
+        for v_ in range(8):
+            solve[u, mult[u, v_]] = v_
+    return mult, solve
+
+
+def rotation_parents(fine_base: np.ndarray, coarse: RotationSet, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest coarse rotations (geodesic) of each fine base rotation.
+
+    fine_base: ``(Mf, 3, 3)``; coarse: a :class:`RotationSet` (full set ``B_c T_u``, ``8 Mc``).
+    Returns ``variant (Mf, k)`` u and ``base (Mf, k)`` c of the nearest ``B_c T_u``, nearest first.
+    Because the coarse set is closed under ``R -> R T_v``, the nearest coarse rotations of ``B_f T_v``
+    are ``B_c T_u T_v``.
+    """
+    rots, _ = coarse.all_rotations()                                                   # (8 Mc, 3, 3)
+    q = Rotation.from_matrix(rots).as_quat()
+    tree = cKDTree(np.concatenate([q, -q]))                                            # q and -q: one rotation
+    _, idx = tree.query(Rotation.from_matrix(fine_base).as_quat(), k=2 * k)
+    idx = idx.reshape(len(fine_base), -1) % len(rots)
+    # q and -q of one coarse rotation can both be among the 2k nearest: keep the first k distinct
+    out = np.empty((len(fine_base), k), dtype=np.int64)
+    for i, row in enumerate(idx):
+        out[i] = list(dict.fromkeys(row.tolist()))[:k]
+    return out // len(coarse.base), out % len(coarse.base)

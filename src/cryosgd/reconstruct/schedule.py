@@ -18,11 +18,12 @@ from ..inference.quadrature import (
     finest_band_limit,
 )
 from ..inference.rotation_set import rotation_set_for_band
+from ..inference.search import PrunedLikelihood
 from ..io import InputError, ParticleSet
 from ..runtime.device import resolve_device, resolve_precision
 from .settings import Settings
 
-__all__ = ["target_resolution", "check_resolution", "band_schedule", "build_kernel"]
+__all__ = ["target_resolution", "check_resolution", "band_schedule", "build_kernel", "SEARCHES"]
 
 
 def target_resolution(resolution: float | None, box: int, pixel_size: float, nyquist_fraction: float = 0.25) -> float:
@@ -69,11 +70,21 @@ def band_schedule(settings: Settings, box: int, pixel_size: float, n_steps: int)
     return out
 
 
-def build_kernel(band_limit: float, box: int, pixel_size: float, settings: Settings) -> MarginalLikelihood:
-    """The likelihood kernel for one band limit (Fourier pixels), on the settings' device and precision."""
-    q = choose_quadrature(band_limit, box, max_shift=settings.max_shift)
-    rs = rotation_set_for_band(band_limit, q.n_inplane)
+SEARCHES = ("exhaustive", "pruned")
+
+
+def build_kernel(band_limit: float, box: int, pixel_size: float, settings: Settings):
+    """The likelihood kernel for one band limit (Fourier pixels), on the settings' device and precision:
+    the exhaustive :class:`MarginalLikelihood`, or with ``search="pruned"`` the coarse-to-fine
+    :class:`~cryosgd.inference.search.PrunedLikelihood` (the same interface; ``docs/search.md``)."""
+    if settings.search not in SEARCHES:
+        raise InputError("--search", f"unknown search {settings.search!r}; choose {' or '.join(SEARCHES)}")
     device = resolve_device(settings.device)
     dtype, tf32 = resolve_precision(settings.precision, device)
+    if settings.search == "pruned":
+        return PrunedLikelihood(box, pixel_size, band_limit, max_shift=settings.max_shift, noise_std=1.0, dtype=dtype,
+                                device=device, memory_budget=settings.memory_budget, tf32=tf32)
+    q = choose_quadrature(band_limit, box, max_shift=settings.max_shift)
+    rs = rotation_set_for_band(band_limit, q.n_inplane)
     return MarginalLikelihood(box, pixel_size, band_limit, rs, q.shifts, q.shift_weights, noise_std=1.0,
                               dtype=dtype, device=device, memory_budget=settings.memory_budget, tf32=tf32)

@@ -27,6 +27,7 @@ class Settings:
     particle_diameter: float | None = None  # Å; None: 0.8 of the box
     centre_every: int = 25                  # steps; 0: off
     max_shift: float = 0.0                  # pixels; 0: no shift search
+    search: str = "exhaustive"              # exhaustive (every pose) | pruned (coarse-to-fine, inference/search.py)
     lambda_plus: float = 1e-4
     lambda_minus: float = 1e-4
     test_size: int = 100

@@ -1,0 +1,380 @@
+"""Pruned pose search: a coarse-to-fine estimator of the marginal likelihood and its gradient.
+
+The exhaustive kernel (:class:`.likelihood.MarginalLikelihood`) scores every rotation x shift of the
+quadrature chosen for band limit r.  This module scores them in two levels:
+
+1. **Coarse**: the exhaustive quadrature of the lower band ``r_c = r / 2`` (about 8x fewer
+   rotations; shifts on a grid of twice the fine step, which nests in the fine one; about 4x fewer
+   coefficients), with the exhaustive kernel's products.  Per image it gives the posterior marginal
+   over coarse rotations and the one over coarse shifts.
+2. **Fine**: per image, keep the smallest set of coarse rotations holding ``1 - epsilon`` of the
+   rotation marginal and the smallest set of coarse shifts holding ``1 - epsilon`` of the shift
+   marginal (at least ``min_rotations`` and ``min_shifts``, at most ``max_rotations`` and ``max_shifts``).  Every
+   fine rotation is a child of its ``neighbours`` nearest coarse rotations and every fine shift of its
+   ``neighbours`` nearest coarse shifts (with 1 these cells would partition the fine grid).
+   The children of the kept rotations times the children of the kept shifts are scored at the full
+   band with their exhaustive quadrature weights; the log-likelihood is their log-sum-exp and the
+   gradient back-propagates their responsibilities.
+
+Relation to the exact marginal.  Every evaluated term is the exhaustive kernel's term, so with Z
+the exhaustive sum and Z_K the sum over the evaluated set K, ``Z_K <= Z`` and
+``log Z - log Z_K = -log(1 - m)``, m the exhaustive posterior mass outside K: the log-likelihood is
+biased low, never high.  The responsibilities are the exhaustive ones renormalised on K (total
+variation m), so the gradient of one image moves by at most ``2 m max_j |g_j|``.  If the coarse
+posterior were the fine one, m would be at most ``2 epsilon`` (one epsilon lost in rotations, one in
+shifts); m is measured against exhaustive search in ``tests/test_search.py`` and
+``benchmarks/search.py``.  Keeping everything (``epsilon = 0`` and no cap) is exhaustive search.
+
+The fine slices are interpolated for the union of the minibatch's candidate rotations only.  When
+the full-band slicing operator would exceed ``operator_limit`` (1 GiB; it grows as r^5) nothing at
+the full band is stored and the candidates' interpolation taps are computed on every call; the
+coarse kernel stores its operator at ``r / 2`` (1/32 of the full one).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..forward.interp import KERNELS, interpolation_taps
+from ..forward.slicing import slice_coordinates
+from ..runtime.device import flush_denormals, tf32_products
+from .likelihood import LikelihoodBatch, LikelihoodResult, MarginalLikelihood
+from .quadrature import (
+    choose_quadrature,
+    shift_step_for_band_limit,
+)
+from .rotation_set import RotationSet, rotation_parents, rotation_set_for_band, variant_tables
+
+__all__ = ["PrunedBatch", "PrunedLikelihood"]
+
+
+@dataclass
+class PrunedBatch:
+    """A minibatch prepared at both levels."""
+
+    coarse: LikelihoodBatch
+    fine: LikelihoodBatch
+
+    def __len__(self) -> int:
+        return len(self.fine)
+
+
+def _keep_count(log_marginal: torch.Tensor, epsilon: float, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``(B, K)`` log masses: order (descending) and the size of the smallest prefix with
+    ``1 - epsilon`` of the mass, clamped to ``[lo, hi]``."""
+    order = torch.argsort(log_marginal, dim=1, descending=True)
+    p = torch.softmax(log_marginal.double(), 1).gather(1, order)
+    below = (p.cumsum(1) < 1 - epsilon).sum(1) + 1                                     # prefix reaching 1 - eps
+    return order, below.clamp(min=lo, max=min(hi, log_marginal.shape[1]))
+
+
+class PrunedLikelihood:
+    """Coarse-to-fine likelihood kernel with the interface of :class:`.MarginalLikelihood`.
+
+    box, pixel_size, band_limit: as for the exhaustive kernel (pixels, Å/pixel, Fourier pixels).
+    max_shift, shift_sigma: the shift disc (pixels) and its normal prior (default ``max_shift / 2``).
+    coarse_band:  the coarse level's band limit (default ``band_limit / 2``).
+    epsilon:      posterior mass each level may drop (rotation and shift marginals, each).
+    min_rotations, min_shifts: at least this many coarse rotations and shifts per image (if there are
+                  as many).  Strong signals make the coarse posterior narrower than the coarse grid: its
+                  mass then sits on one grid point while the fine optimum lies near another (up to the
+                  30th ranked of 12,600 in 128 px images at SNR 0.05), so a mass criterion alone is not
+                  enough.
+    max_rotations, max_shifts: at most this many coarse rotations and shifts per image (``None``: no
+                  cap).  They bound the cost where the coarse posterior is broad (a random start, the
+                  held-out images at the final band early in a run); what they cut is lost mass,
+                  counted in ``last_stats["rotation_cap_hits"]``.
+    neighbours:   each fine rotation is a child of its ``neighbours`` nearest coarse rotations and
+                  each fine shift of its ``neighbours`` nearest coarse shifts (1: a partition; more:
+                  kept cells are dilated, for fine posteriors that straddle a coarse cell's edge).
+    fine_memory:  bytes for the gathered fine slices of an image group.
+    operator_limit: bytes; when the full-band slicing operator fits, it is stored (in an exhaustive
+                  kernel, for broad posteriors) and so is a table of every fine rotation's interpolation
+                  taps; otherwise the candidates' taps are computed on each call.
+    memory_budget: bytes for a chunk of coarse scores (default 1 GiB; the exhaustive kernel's
+                  own budget where it is built).
+    dense_above:  with the operator stored, a minibatch whose candidates exceed this fraction of the
+                  exhaustive poses is scored by the exhaustive kernel (the same sum, faster there).
+
+    After each call ``last_stats`` holds the pose counts of that call (see :meth:`_stats`).
+    """
+
+    def __init__(self, box: int, pixel_size: float, band_limit: float, *, max_shift: float = 0.0,
+                 shift_sigma: float | None = None, coarse_band: float | None = None, epsilon: float = 1e-3,
+                 min_rotations: int = 32, min_shifts: int = 4, max_rotations: int | None = 512,
+                 max_shifts: int | None = 16,
+                 neighbours: int = 2, noise_std: float = 1.0, oversampling: int = 2,
+                 kernel: str = "trilinear", dtype=torch.float32, device=None, memory_budget: int | None = None,
+                 tf32: bool = False, fine_memory: int = 256 << 20, operator_limit: int = 1 << 30,
+                 dense_above: float = 0.1):
+        self.box, self.pixel_size, self.band_limit = box, pixel_size, band_limit
+        self.epsilon, self.max_rotations, self.max_shifts = float(epsilon), max_rotations, max_shifts
+        self.min_rotations, self.min_shifts = int(min_rotations), int(min_shifts)
+        self.fine_memory, self.kernel_name, self.oversampling = int(fine_memory), kernel, oversampling
+        self.dense_above = float(dense_above)
+        self.coarse_memory = 1 << 30 if memory_budget is None else int(memory_budget)
+        self.dtype, self.device = dtype, torch.device(device or "cpu")
+        self.tf32 = bool(tf32) and self.device.type == "cuda" and dtype == torch.float32
+        self.noise_std = float(noise_std)
+        self.coarse_band = band_limit / 2 if coarse_band is None else float(coarse_band)
+        fine_q = choose_quadrature(band_limit, box, max_shift=max_shift, shift_sigma=shift_sigma)
+        self.rotations = rotation_set_for_band(band_limit, fine_q.n_inplane)
+        step = shift_step_for_band_limit(band_limit, box)
+        coarse_q = choose_quadrature(self.coarse_band, box, max_shift=max_shift, shift_sigma=shift_sigma,
+                                     shift_step=2 * step)
+        self.coarse_rotations = rotation_set_for_band(self.coarse_band, coarse_q.n_inplane)
+        kw = dict(noise_std=noise_std, oversampling=oversampling, kernel=kernel, dtype=dtype, device=self.device,
+                  tf32=tf32)
+        self.coarse = MarginalLikelihood(box, pixel_size, self.coarse_band, self.coarse_rotations, coarse_q.shifts,
+                                         coarse_q.shift_weights, memory_budget=memory_budget, **kw)
+        # the fine level's data side (frequencies, phases, band transform, prepare) without its operator:
+        # an exhaustive kernel over one base rotation
+        one = RotationSet(self.rotations.base[:1], self.rotations.log_weights[:1])
+        self.frame = MarginalLikelihood(box, pixel_size, band_limit, one, fine_q.shifts, fine_q.shift_weights,
+                                        memory_budget=1 << 20, **kw)
+        self.shifts = self.frame.shifts                                                  # (Sf, 2)
+        self.n_points, self.n_full = self.frame.n_points, self.frame.n_full
+        tt = dict(device=self.device)
+        # shifts: each fine shift's nearest coarse shift; children (Sc, Sf) boolean
+        d2 = ((self.shifts[:, None, :] - self.coarse.shifts[None]) ** 2).sum(-1)
+        self.shift_children = torch.zeros((len(self.coarse.shifts), len(self.shifts)), dtype=torch.bool, **tt)
+        k = min(int(neighbours), len(self.coarse.shifts))
+        near = torch.as_tensor(np.argsort(d2, axis=1, kind="stable")[:, :k])             # (Sf, k)
+        self.shift_children[near, torch.arange(len(self.shifts))[:, None].expand_as(near)] = True
+        # rotations: children of coarse base c, sorted by c, with each child's parent variant u
+        u, c = rotation_parents(self.rotations.base, self.coarse_rotations, int(neighbours))
+        fine = np.repeat(np.arange(len(self.rotations.base)), u.shape[1])
+        u, c = u.ravel(), c.ravel()
+        order = np.argsort(c, kind="stable")
+        self.child_base = torch.as_tensor(fine[order], **tt)                             # fine base indices
+        self.child_variant = torch.as_tensor(u[order], **tt)
+        counts = np.bincount(c, minlength=len(self.coarse_rotations.base))
+        self.child_count = torch.as_tensor(counts, **tt)
+        self.child_start = torch.as_tensor(np.concatenate([[0], np.cumsum(counts)[:-1]]), **tt)
+        self.solve = torch.as_tensor(variant_tables()[1], **tt)
+        self.base_t = torch.as_tensor(self.rotations.base, dtype=torch.float64)
+        self.log_rot_weights = torch.as_tensor(self.rotations.log_weights, dtype=dtype, device=self.device)
+        taps = (2 * KERNELS[kernel]) ** 3
+        fine_bytes = 2 * len(self.rotations.base) * self.n_points * taps * (4 + torch.finfo(dtype).bits // 8)
+        self.exhaustive = None   # the exhaustive kernel, when its operator fits: for broad posteriors
+        self.tap_table = None    # (Mf, P, T) cube indices and weights of every fine rotation, when they fit
+        if fine_bytes <= operator_limit:
+            self.exhaustive = MarginalLikelihood(box, pixel_size, band_limit, self.rotations, fine_q.shifts,
+                                                 fine_q.shift_weights, memory_budget=memory_budget, **kw)
+            table = [], []
+            for i in range(0, len(self.rotations.base), 1024):
+                idx, w = self._taps(torch.arange(i, min(i + 1024, len(self.rotations.base))))
+                table[0].append(idx)
+                table[1].append(w)
+            self.tap_table = torch.cat(table[0]), torch.cat(table[1])
+        self.chunk = self.coarse.chunk
+        self.operator_bytes = self.coarse.operator_bytes + self.frame.operator_bytes + \
+            (3 * fine_bytes // 2 if self.exhaustive is not None else 0)
+        self.last_stats: dict = {}
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, images, ctf) -> PrunedBatch:
+        """``(B, N, N)`` real images -> a :class:`PrunedBatch` (both levels' coefficients)."""
+        return PrunedBatch(self.coarse.prepare(images, ctf), self.frame.prepare(images, ctf))
+
+    # ----------------------------------------------------------- coarse level
+    def coarse_marginals(self, volume: torch.Tensor, batch: LikelihoodBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log posterior masses (unnormalised, nats) of the coarse level: rotations ``(B, 8, Mc)``
+        (full rotation ``B_c T_v`` at ``[:, v, c]``) and shifts ``(B, Sc)``."""
+        k = self.coarse
+        y = k.slices_pairs(volume)
+        b, mc, s = len(batch), y.shape[0], len(k.shifts)
+        scores, _, _ = k._score_function(batch, y)
+        per_row = b * 8 * s * (torch.finfo(self.dtype).bits // 8)
+        chunk = max(1, min(k.chunk * 100 // b, self.coarse_memory // per_row))
+        rot = torch.empty((b, 8, mc), dtype=self.dtype, device=self.device)
+        shift = torch.full((b, s), -math.inf, dtype=self.dtype, device=self.device)
+        for start in range(0, mc, chunk):
+            stop = min(start + chunk, mc)
+            sc = scores(start, stop).view(stop - start, b, 8, s)
+            # each rotation relative to its own best shift, so that far-off rotations keep their rank
+            # instead of underflowing to -inf together
+            m = sc.amax(3)                                                              # (C, B, 8)
+            e = sc.sub_(m[..., None]).exp_()
+            rot[:, :, start:stop] = (e.sum(3).log_() + m).permute(1, 2, 0)
+            top = m.amax((0, 2))                                                        # (B,)
+            wm = (m - top[None, :, None]).exp_()                                        # (C, B, 8)
+            shift = torch.logaddexp(shift, torch.einsum("cbv,cbvs->bs", wm, e).log_() + top[:, None])
+        return rot, shift
+
+    def select(self, rot: torch.Tensor, shift: torch.Tensor):
+        """Fine candidates from the coarse marginals.
+
+        Returns per image padded lists: fine rotations ``(B, n)`` as base index and variant (``-1``
+        pads), fine shift indices ``(B, s)`` (``-1`` pads), the kept coarse rotations and shifts
+        ``(B,)`` and the fine rotations and shifts ``(B,)`` of each.
+        """
+        b, _, mc = rot.shape
+        hi = self.max_rotations or 8 * mc
+        r_order, r_keep = _keep_count(rot.reshape(b, -1), self.epsilon, self.min_rotations, hi)
+        s_order, s_keep = _keep_count(shift, self.epsilon, self.min_shifts, self.max_shifts or shift.shape[1])
+        # rotations: kept coarse (image, variant w, base c) -> children (image, solve[u, w], child base)
+        kmax = int(r_keep.max())
+        valid = torch.arange(kmax, device=self.device)[None] < r_keep[:, None]
+        img = torch.arange(b, device=self.device)[:, None].expand(b, kmax)[valid]
+        flat = r_order[:, :kmax][valid]
+        w, c = flat // mc, flat % mc
+        n_child = self.child_count[c]
+        img_f = img.repeat_interleave(n_child)
+        first = self.child_start[c].repeat_interleave(n_child)
+        offs = torch.arange(len(img_f), device=self.device) - torch.cumsum(n_child, 0).sub(n_child) \
+            .repeat_interleave(n_child)
+        pos = first + offs
+        fb = self.child_base[pos]
+        fv = self.solve[self.child_variant[pos], w.repeat_interleave(n_child)]
+        # a fine rotation reached from several kept coarse ones counts once
+        key = torch.unique((img_f * 8 + fv) * len(self.rotations.base) + fb)
+        img_f, rest = key // (8 * len(self.rotations.base)), key % (8 * len(self.rotations.base))
+        fv, fb = rest // len(self.rotations.base), rest % len(self.rotations.base)
+        per = torch.bincount(img_f, minlength=b)
+        n = int(per.max()) if len(per) else 0
+        slot = torch.arange(len(img_f), device=self.device) - (torch.cumsum(per, 0) - per)[img_f]
+        base = torch.full((b, n), -1, dtype=torch.long, device=self.device)
+        var = torch.full((b, n), -1, dtype=torch.long, device=self.device)
+        base[img_f, slot], var[img_f, slot] = fb, fv
+        # shifts: union of the kept coarse shifts' children
+        smax = int(s_keep.max())
+        kept = torch.zeros_like(shift, dtype=torch.bool)
+        sval = torch.arange(smax, device=self.device)[None] < s_keep[:, None]
+        kept.scatter_(1, s_order[:, :smax], sval)
+        fine_mask = (kept.to(torch.float32) @ self.shift_children.to(torch.float32)) > 0   # (B, Sf)
+        ns = fine_mask.sum(1)
+        sidx = torch.full((b, int(ns.max())), -1, dtype=torch.long, device=self.device)
+        rows, cols = fine_mask.nonzero(as_tuple=True)
+        sidx[rows, torch.arange(len(rows), device=self.device) - (torch.cumsum(ns, 0) - ns)[rows]] = cols
+        return base, var, sidx, r_keep, s_keep, per, ns
+
+    # ------------------------------------------------------------- fine level
+    def _taps(self, base_idx: torch.Tensor):
+        """Interpolation taps ``(n, P, T)`` (flat cube indices, weights) of fine base rotations ``base_idx``:
+        from the stored table (see ``operator_limit``), else computed."""
+        if self.tap_table is not None:
+            return self.tap_table[0][base_idx], self.tap_table[1][base_idx]
+        coords = slice_coordinates(self.base_t[base_idx.cpu()], torch.as_tensor(self.frame.freqs)) * self.oversampling
+        idx, w = interpolation_taps(coords, self.frame.band.size, self.kernel_name)
+        return idx.to(self.device), w.to(self.device, self.dtype)
+
+    def _slices(self, cube: torch.Tensor, union: torch.Tensor, block: int = 1024) -> torch.Tensor:
+        """``(U, P, 2)`` slices of fine base rotations ``union`` from the band cube ``(K, K, K, 2)``,
+        interpolated a block of rotations at a time."""
+        flat = cube.reshape(-1, 2)
+        out = torch.empty((len(union), self.n_points, 2), dtype=self.dtype, device=self.device)
+        for i in range(0, len(union), block):
+            idx, w = self._taps(union[i:i + block])
+            out[i:i + block] = (flat[idx] * w[..., None]).sum(-2)
+        return out
+
+    def _slices_adjoint(self, grad: torch.Tensor, union: torch.Tensor, block: int = 1024) -> torch.Tensor:
+        """Adjoint of :meth:`_slices`: ``(U, P, 2)`` -> ``(K**3, 2)``."""
+        out = torch.zeros((self.frame.band.size ** 3, 2), dtype=self.dtype, device=self.device)
+        for i in range(0, len(union), block):
+            idx, w = self._taps(union[i:i + block])
+            out.index_add_(0, idx.reshape(-1), (grad[i:i + block, :, None, :] * w[..., None]).reshape(-1, 2))
+        return out
+
+    def __call__(self, volume: torch.Tensor, batch: PrunedBatch, *, gradient: bool = True,
+                 poses: bool = True) -> LikelihoodResult:
+        """Log-likelihoods ``(B,)`` (nats), the gradient ``(N, N, N)`` of their negative sum, best poses."""
+        volume = volume.to(self.device, self.dtype)
+        with torch.no_grad(), tf32_products(self.tf32), flush_denormals():
+            rot, shift = self.coarse_marginals(volume, batch.coarse)
+            base, var, sidx, r_keep, s_keep, n_rot, n_shift = self.select(rot, shift)
+            counts = (r_keep, s_keep, n_rot, n_shift, rot.shape)
+            exhaustive_poses = len(batch) * self.rotations.size * len(self.shifts)
+            if self.exhaustive is not None and float((n_rot * n_shift).sum()) > self.dense_above * exhaustive_poses:
+                self.last_stats = self._stats(counts, len(self.rotations.base), dense=True)
+                return self.exhaustive(volume, batch.fine, gradient=gradient, poses=poses)
+            return self._fine(volume, batch.fine, base, var, sidx, gradient, poses, counts)
+
+    def _fine(self, volume, batch, base, var, sidx, gradient, poses, counts) -> LikelihoodResult:
+        """Score candidates ``base``/``var`` ``(B, n)`` x shifts ``sidx`` ``(B, s)`` (-1: padding)."""
+        f, p = self.frame, self.n_points
+        b, n, s = len(batch), base.shape[1], sidx.shape[1]
+        inv2 = 1.0 / self.noise_std ** 2
+        dev = self.device
+        # the full rotations B T_v in use, their base rotations, and their slices
+        rot_ok, sh_ok = base >= 0, sidx >= 0
+        full, inv = torch.unique(torch.where(rot_ok, base * 8 + var, 0), return_inverse=True)   # (U8,), (B, n)
+        ub, uv = full // 8, full % 8
+        union, binv = torch.unique(ub, return_inverse=True)
+        cube = f.band.forward_pairs(volume)
+        y = self._slices(cube, union)                                                   # (U, P, 2)
+        # the slice of B T_v at data point p is the slice of B at index[v, p] (conjugated where conj)
+        gidx = binv[:, None] * p + f.sym_index[uv]                                       # (U8, P)
+        sign = torch.where(f.sym_conj[uv], -1.0, 1.0).to(self.dtype)                  # (U8, P)
+        yf = y.view(-1, 2)[gidx]
+        yf[..., 1] *= sign
+        c2 = (f.weights * batch.ctf ** 2) * inv2                                        # (B, P)
+        norm = -0.5 * (yf.square().sum(-1) @ c2.T) + self.log_rot_weights[ub][:, None]  # (U8, B)
+        yf2 = yf.view(len(full), 2 * p)
+        const = -0.5 * self.n_full * math.log(2 * math.pi * self.noise_std ** 2)
+        bias = (f.log_shift_weights[sidx.clamp(min=0)] - 0.5 * inv2 * batch.data_norm[:, None] + const)  # (B, s)
+        lse = torch.empty(b, dtype=self.dtype, device=dev)
+        best = torch.zeros((b, 3), dtype=torch.long)
+        best_p = np.zeros(b)
+        if gradient:
+            g8 = torch.zeros_like(yf2)
+            w8 = torch.zeros((len(full), b), dtype=self.dtype, device=dev)
+        per_image = max(1, n * (2 * p + 2 * s) * (torch.finfo(self.dtype).bits // 8))
+        group = max(1, min(b, self.fine_memory // per_image))
+        for g0 in range(0, b, group):
+            g = slice(g0, min(g0 + group, b))
+            gi = inv[g]                                                                  # (G, n)
+            imgs = torch.arange(g0, g.stop, device=dev)[:, None].expand_as(gi)
+            sg = sidx[g]
+            h = (f.weights * batch.ctf[g])[:, None] * batch.data[g].conj()[:, None] * f.phases[sg.clamp(min=0)]
+            hp = torch.stack([h.real, -h.imag], -1).mul_(inv2).view(h.shape[0], s, 2 * p)  # (G, s, 2P)
+            rows = yf2[gi]                                                               # (G, n, 2P)
+            sc = torch.bmm(rows, hp.transpose(1, 2))                                     # (G, n, s)
+            sc += norm[gi, imgs][:, :, None] + bias[g][:, None, :]
+            sc.masked_fill_(~(rot_ok[g][:, :, None] & sh_ok[g][:, None, :]), -math.inf)
+            lg = torch.logsumexp(sc.view(sc.shape[0], -1), 1)
+            lse[g] = lg
+            if poses:
+                val, arg = sc.view(sc.shape[0], -1).max(1)
+                ri, si = (arg // s).cpu(), (arg % s).cpu()
+                r_ = torch.arange(len(ri))
+                best[g] = torch.stack([var[g].cpu()[r_, ri], base[g].cpu()[r_, ri], sg.cpu()[r_, si]], 1)
+                best_p[g] = torch.exp(val - lg).cpu().numpy()
+            if gradient:
+                resp = sc.sub_(lg[:, None, None]).exp_()                                  # (G, n, s)
+                ok = rot_ok[g]
+                g8.index_add_(0, gi[ok], torch.bmm(resp, hp)[ok], alpha=-1.0)           # cross term of d(-lse)
+                w8.index_put_((gi[ok], imgs[ok]), resp.sum(2)[ok], accumulate=True)
+        grad = None
+        if gradient:
+            gf = g8.view(-1, p, 2).add_(yf * (w8 @ c2)[..., None])                       # norm term of d(-lse)
+            gf[..., 1] *= sign
+            gy = torch.zeros_like(y).view(-1, 2).index_add_(0, gidx.reshape(-1), gf.reshape(-1, 2))
+            grad = f.band.adjoint_pairs(self._slices_adjoint(gy.view(y.shape), union).view(cube.shape))
+        self.last_stats = self._stats(counts, len(union))
+        if not poses:
+            return LikelihoodResult(lse, grad, None, None, None)
+        bi = best.numpy()
+        return LikelihoodResult(lse, grad, self.rotations.rotation(bi[:, 0], bi[:, 1]), self.shifts[bi[:, 2]],
+                                best_p)
+
+    def _stats(self, counts, n_union, dense: bool = False) -> dict:
+        """Pose counts of the last call: ``coarse_poses`` and ``fine_poses`` scored, ``exhaustive_poses``
+        (all of them at the full band), mean kept coarse rotations and shifts, ``rotation_cap_hits``,
+        ``dense`` (the exhaustive kernel scored the minibatch)."""
+        r_keep, s_keep, n_rot, n_shift, shape = counts
+        b, _, mc = shape
+        fine = b * self.rotations.size * len(self.shifts) if dense else int((n_rot * n_shift).sum())
+        coarse = b * 8 * mc * len(self.coarse.shifts)
+        exhaustive = b * self.rotations.size * len(self.shifts)
+        cap = self.max_rotations or 8 * mc
+        return {"coarse_poses": coarse, "fine_poses": fine, "exhaustive_poses": exhaustive,
+                "evaluated_fraction": (coarse + fine) / exhaustive,
+                "flop_fraction": (coarse * self.coarse.n_points + fine * self.n_points) / (exhaustive * self.n_points),
+                "kept_rotations": float(r_keep.float().mean()), "kept_shifts": float(s_keep.float().mean()),
+                "fine_rotations": float(n_rot.float().mean()), "fine_shifts": float(n_shift.float().mean()),
+                "union_rotations": n_union, "rotation_cap_hits": int((r_keep >= cap).sum()), "dense": dense}
