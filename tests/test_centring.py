@@ -128,3 +128,27 @@ def test_a_run_that_keeps_diverging_stops_without_a_map(small_set, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("cryosgd: error: ") and "sgd diverged" in last and "no map was written" in last
     assert not (tmp_path / "run" / "map.mrc").exists()
+
+
+def test_the_loop_moves_the_optimiser_state_when_it_centres(small_set, monkeypatch):
+    """Wiring: every centring step that moves the density hands the same roll to ``roll_state``."""
+    import cryosgd.reconstruct.loop as loop
+    from cryosgd.io import load_particles
+    from cryosgd.reconstruct import Settings, reconstruct
+
+    moves, rolled = [], []
+
+    def off_by_one(volume, *, return_shift=False):  # a centring that always moves by one voxel along x
+        moves.append((0, 0, 1))
+        return torch.roll(volume, 1, dims=2), (0, 0, 1)
+
+    def spy(state, shifts, shape):
+        rolled.append(tuple(shifts))
+        return roll_state(state, shifts, shape)
+
+    monkeypatch.setattr(loop, "centre_density", off_by_one)
+    monkeypatch.setattr(loop, "roll_state", spy)
+    particles = load_particles(small_set)
+    reconstruct(particles, Settings(optimizer="cm", learning_rate=0.3, epochs=6.0, centre_every=5, test_size=20,
+                                    resolution=48.0, evaluations=2))
+    assert len(moves) >= 2 and rolled == moves
