@@ -1,7 +1,7 @@
 """Data parallelism on torch.distributed (gloo): the objective and the map of one process; a dead rank is survivable."""
+import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,10 +65,12 @@ def test_two_processes_compute_the_objective_of_one(tmp_path):
     (which would absorb a gradient off by a constant factor, such as a wrong divisor of the sum)."""
     script = tmp_path / "share.py"
     script.write_text(SHARE)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    # the rendezvous store is held here, on a port the system picks, for the whole test (as --nproc
+    # holds it): no other run can take the port between choosing it and binding it
+    store = torch.distributed.TCPStore("127.0.0.1", 0, 2, True, datetime.timedelta(minutes=5),
+                                       wait_for_workers=False)
+    dist = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+            "TORCHELASTIC_USE_AGENT_STORE": "True"}
     procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "one")], env=ENV)]
     procs += [subprocess.Popen([sys.executable, str(script), str(tmp_path / "two")],
                                env={**ENV, **dist, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
