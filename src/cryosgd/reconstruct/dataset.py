@@ -56,20 +56,23 @@ def load_dataset(particles: ParticleSet, *, test_size: int, seed: int, diameter_
     order = np.random.default_rng(seed).permutation(n)
     radius_px = 0.5 * particle_diameter_px(particles.box, particles.pixel_size, diameter_A)
     sample = np.sort(order[:min(n, NOISE_SAMPLE)])
+    # one read of the sample serves both estimates
+    images = particles.read_images(sample) if noise_std is None or invert_contrast == "auto" else None
     noise = noise_std
     if noise is None:
-        noise = estimate_noise_std(particles.read_images(sample), min(radius_px, 0.45 * particles.box))
+        noise = estimate_noise_std(images, min(radius_px, 0.45 * particles.box))
         if not noise > 0:
             raise InputError(particles.source, "the images' background has zero variance")
-    contrast = _contrast_factor(particles, invert_contrast, sample, radius_px)
+    contrast = _contrast_factor(particles, invert_contrast, sample, images, radius_px)
     return Dataset(particles, float(noise), order[test_size:], order[:test_size], contrast)
 
 
-def _contrast_factor(particles: ParticleSet, invert_contrast: str, sample: np.ndarray, radius_px: float) -> float:
-    """-1 to invert the images, +1 to keep them; a one-line notice when flipped."""
+def _contrast_factor(particles: ParticleSet, invert_contrast: str, sample: np.ndarray, images: np.ndarray | None,
+                     radius_px: float) -> float:
+    """-1 to invert the images, +1 to keep them; a one-line notice when flipped.  ``images``: those of
+    ``sample`` as read (needed only for ``auto``)."""
     from ..inference.contrast import resolve_contrast
 
-    images = particles.read_images(sample) if invert_contrast == "auto" else None
     factor, notice = resolve_contrast(invert_contrast, images, particles.ctf[sample], particles.pixel_size,
                                       radius=radius_px)
     if factor < 0 and notice:
