@@ -24,7 +24,8 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["KERNELS", "interpolation_taps", "gather", "scatter_add", "grid_correction"]
+__all__ = ["KERNELS", "interpolation_taps", "gather", "scatter_add", "grid_correction", "trilinear_corners",
+           "trilinear_gather_pairs", "trilinear_scatter_pairs"]
 
 KERNELS = {"trilinear": 1, "lanczos": 3}  # half-width a (taps per axis = 2a)
 
@@ -79,6 +80,57 @@ def scatter_add(values: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
     contrib = values[..., None] * weight.to(values.real.dtype)
     out = torch.zeros(numel, dtype=values.dtype, device=values.device)
     return out.index_add_(0, index.reshape(-1), contrib.reshape(-1))
+
+
+def trilinear_corners(coords: torch.Tensor, size: int, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear interpolation at ``coords`` in compact form: the flat index of the lower corner and
+    the fractions.
+
+    coords: ``(..., 3)`` grid coordinates (x, y, z) relative to the centre of a ``size``-cube; every
+            tap must lie inside (the band cube's margin guarantees it for its band).
+    Returns ``base (...,)`` int64 and ``frac (..., 3)`` (x, y, z) in ``dtype`` (default: coords').
+    The 8 taps of :func:`interpolation_taps` (``"trilinear"``) are ``base + (dz K + dy) K + dx`` with
+    weights ``prod_axis (1 - f) or f``: the same interpolation, at an eighth of the index memory.
+    """
+    c = coords + size // 2
+    lower = torch.floor(c)
+    frac = (c - lower).to(dtype or coords.dtype)
+    i = lower.long()
+    return (i[..., 2] * size + i[..., 1]) * size + i[..., 0], frac
+
+
+def _corners(frac: torch.Tensor, size: int):
+    """The 8 (flat offset, weight ``(...,)``) pairs of trilinear interpolation."""
+    fx, fy, fz = frac.unbind(-1)
+    per_axis = [((0, 1 - fz), (size * size, fz)), ((0, 1 - fy), (size, fy)), ((0, 1 - fx), (1, fx))]
+    for oz, wz in per_axis[0]:
+        for oy, wy in per_axis[1]:
+            wzy = wz * wy
+            for ox, wx in per_axis[2]:
+                yield oz + oy + ox, wzy * wx
+
+
+def trilinear_gather_pairs(flat: torch.Tensor, base: torch.Tensor, frac: torch.Tensor, size: int) -> torch.Tensor:
+    """Interpolate a cube of (re, im) pairs ``flat (K**3, 2)`` at :func:`trilinear_corners` ``base (...)``,
+    ``frac (..., 3)``: returns ``(..., 2)``."""
+    cube = torch.view_as_complex(flat.contiguous())                 # one 2-float element per voxel
+    flat_base = base.reshape(-1)
+    out = None
+    for offset, w in _corners(frac.reshape(-1, 3), size):
+        term = cube.index_select(0, flat_base + offset) * w
+        out = term if out is None else out.add_(term)
+    return torch.view_as_real(out).reshape(*base.shape, 2)
+
+
+def trilinear_scatter_pairs(values: torch.Tensor, base: torch.Tensor, frac: torch.Tensor, size: int,
+                            out: torch.Tensor) -> torch.Tensor:
+    """Adjoint of :func:`trilinear_gather_pairs`: adds ``values (..., 2)`` into ``out (K**3, 2)``."""
+    flat_base = base.reshape(-1)
+    v = torch.view_as_complex(values.reshape(-1, 2).contiguous())
+    acc = torch.view_as_complex(out)
+    for offset, w in _corners(frac.reshape(-1, 3), size):
+        acc.index_add_(0, flat_base + offset, v * w)
+    return out
 
 
 @functools.lru_cache(maxsize=16)

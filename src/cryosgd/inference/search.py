@@ -38,7 +38,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..forward.interp import KERNELS, interpolation_taps
+from ..forward.interp import (
+    KERNELS,
+    interpolation_taps,
+    trilinear_corners,
+    trilinear_gather_pairs,
+    trilinear_scatter_pairs,
+)
 from ..forward.slicing import slice_coordinates
 from ..runtime.device import flush_denormals, tf32_products
 from .likelihood import LikelihoodBatch, LikelihoodResult, MarginalLikelihood
@@ -63,12 +69,13 @@ class PrunedBatch:
 
 
 def _keep_count(log_marginal: torch.Tensor, epsilon: float, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``(B, K)`` log masses: order (descending) and the size of the smallest prefix with
-    ``1 - epsilon`` of the mass, clamped to ``[lo, hi]``."""
-    order = torch.argsort(log_marginal, dim=1, descending=True)
-    p = torch.softmax(log_marginal.double(), 1).gather(1, order)
+    """Per row of ``(B, K)`` log masses: order (descending; the first ``min(hi, K)`` entries) and the size
+    of the smallest prefix with ``1 - epsilon`` of the mass, clamped to ``[lo, hi]``."""
+    hi = min(hi, log_marginal.shape[1])
+    top, order = torch.topk(log_marginal, hi, dim=1, sorted=True)
+    p = torch.exp(top.double() - torch.logsumexp(log_marginal.double(), 1, keepdim=True))
     below = (p.cumsum(1) < 1 - epsilon).sum(1) + 1                                     # prefix reaching 1 - eps
-    return order, below.clamp(min=lo, max=min(hi, log_marginal.shape[1]))
+    return order, below.clamp(min=lo, max=hi)
 
 
 class PrunedLikelihood:
@@ -109,7 +116,7 @@ class PrunedLikelihood:
                  neighbours: int = 2, noise_std: float = 1.0, oversampling: int = 2,
                  kernel: str = "trilinear", dtype=torch.float32, device=None, memory_budget: int | None = None,
                  tf32: bool = False, fine_memory: int = 256 << 20, operator_limit: int = 1 << 30,
-                 dense_above: float = 0.1):
+                 dense_above: float = 0.1, coarse_shift_step: float = 2.0):
         self.box, self.pixel_size, self.band_limit = box, pixel_size, band_limit
         self.epsilon, self.max_rotations, self.max_shifts = float(epsilon), max_rotations, max_shifts
         self.min_rotations, self.min_shifts = int(min_rotations), int(min_shifts)
@@ -124,7 +131,7 @@ class PrunedLikelihood:
         self.rotations = rotation_set_for_band(band_limit, fine_q.n_inplane)
         step = shift_step_for_band_limit(band_limit, box)
         coarse_q = choose_quadrature(self.coarse_band, box, max_shift=max_shift, shift_sigma=shift_sigma,
-                                     shift_step=2 * step)
+                                     shift_step=coarse_shift_step * step)
         self.coarse_rotations = rotation_set_for_band(self.coarse_band, coarse_q.n_inplane)
         kw = dict(noise_std=noise_std, oversampling=oversampling, kernel=kernel, dtype=dtype, device=self.device,
                   tf32=tf32)
@@ -160,10 +167,11 @@ class PrunedLikelihood:
         taps = (2 * KERNELS[kernel]) ** 3
         fine_bytes = 2 * len(self.rotations.base) * self.n_points * taps * (4 + torch.finfo(dtype).bits // 8)
         self.exhaustive = None   # the exhaustive kernel, when its operator fits: for broad posteriors
-        self.tap_table = None    # (Mf, P, T) cube indices and weights of every fine rotation, when they fit
+        self.tap_table = None    # (Mf, P, T) cube indices and weights of every fine rotation (not trilinear)
         if fine_bytes <= operator_limit:
             self.exhaustive = MarginalLikelihood(box, pixel_size, band_limit, self.rotations, fine_q.shifts,
                                                  fine_q.shift_weights, memory_budget=memory_budget, **kw)
+        if fine_bytes <= operator_limit and kernel != "trilinear":  # trilinear corners are computed per call
             table = [], []
             for i in range(0, len(self.rotations.base), 1024):
                 idx, w = self._taps(torch.arange(i, min(i + 1024, len(self.rotations.base))))
@@ -262,22 +270,37 @@ class PrunedLikelihood:
         idx, w = interpolation_taps(coords, self.frame.band.size, self.kernel_name)
         return idx.to(self.device), w.to(self.device, self.dtype)
 
+    def _corners(self, base_idx: torch.Tensor):
+        """Trilinear corners ``base (n, P)`` and fractions ``(n, P, 3)`` of fine base rotations ``base_idx``,
+        computed on every call (cheap: a small product and a floor)."""
+        coords = slice_coordinates(self.base_t[base_idx.cpu()], torch.as_tensor(self.frame.freqs)) * self.oversampling
+        base, frac = trilinear_corners(coords, self.frame.band.size, self.dtype)
+        return base.to(self.device), frac.to(self.device)
+
     def _slices(self, cube: torch.Tensor, union: torch.Tensor, block: int = 1024) -> torch.Tensor:
         """``(U, P, 2)`` slices of fine base rotations ``union`` from the band cube ``(K, K, K, 2)``,
         interpolated a block of rotations at a time."""
         flat = cube.reshape(-1, 2)
         out = torch.empty((len(union), self.n_points, 2), dtype=self.dtype, device=self.device)
         for i in range(0, len(union), block):
-            idx, w = self._taps(union[i:i + block])
-            out[i:i + block] = (flat[idx] * w[..., None]).sum(-2)
+            if self.kernel_name == "trilinear":
+                base, frac = self._corners(union[i:i + block])
+                out[i:i + block] = trilinear_gather_pairs(flat, base, frac, self.frame.band.size)
+            else:
+                idx, w = self._taps(union[i:i + block])
+                out[i:i + block] = (flat[idx] * w[..., None]).sum(-2)
         return out
 
     def _slices_adjoint(self, grad: torch.Tensor, union: torch.Tensor, block: int = 1024) -> torch.Tensor:
         """Adjoint of :meth:`_slices`: ``(U, P, 2)`` -> ``(K**3, 2)``."""
         out = torch.zeros((self.frame.band.size ** 3, 2), dtype=self.dtype, device=self.device)
         for i in range(0, len(union), block):
-            idx, w = self._taps(union[i:i + block])
-            out.index_add_(0, idx.reshape(-1), (grad[i:i + block, :, None, :] * w[..., None]).reshape(-1, 2))
+            if self.kernel_name == "trilinear":
+                base, frac = self._corners(union[i:i + block])
+                trilinear_scatter_pairs(grad[i:i + block], base, frac, self.frame.band.size, out)
+            else:
+                idx, w = self._taps(union[i:i + block])
+                out.index_add_(0, idx.reshape(-1), (grad[i:i + block, :, None, :] * w[..., None]).reshape(-1, 2))
         return out
 
     def __call__(self, volume: torch.Tensor, batch: PrunedBatch, *, gradient: bool = True,
@@ -310,7 +333,8 @@ class PrunedLikelihood:
         # the slice of B T_v at data point p is the slice of B at index[v, p] (conjugated where conj)
         gidx = binv[:, None] * p + f.sym_index[uv]                                       # (U8, P)
         sign = torch.where(f.sym_conj[uv], -1.0, 1.0).to(self.dtype)                  # (U8, P)
-        yf = y.view(-1, 2)[gidx]
+        yf = torch.view_as_real(torch.view_as_complex(y).reshape(-1).index_select(0, gidx.reshape(-1)))
+        yf = yf.view(len(full), p, 2)
         yf[..., 1] *= sign
         c2 = (f.weights * batch.ctf ** 2) * inv2                                        # (B, P)
         norm = -0.5 * (yf.square().sum(-1) @ c2.T) + self.log_rot_weights[ub][:, None]  # (U8, B)
@@ -332,7 +356,7 @@ class PrunedLikelihood:
             sg = sidx[g]
             h = (f.weights * batch.ctf[g])[:, None] * batch.data[g].conj()[:, None] * f.phases[sg.clamp(min=0)]
             hp = torch.stack([h.real, -h.imag], -1).mul_(inv2).view(h.shape[0], s, 2 * p)  # (G, s, 2P)
-            rows = yf2[gi]                                                               # (G, n, 2P)
+            rows = yf2.index_select(0, gi.reshape(-1)).view(*gi.shape, 2 * p)             # (G, n, 2P)
             sc = torch.bmm(rows, hp.transpose(1, 2))                                     # (G, n, s)
             sc += norm[gi, imgs][:, :, None] + bias[g][:, None, :]
             sc.masked_fill_(~(rot_ok[g][:, :, None] & sh_ok[g][:, None, :]), -math.inf)
