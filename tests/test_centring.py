@@ -106,7 +106,8 @@ def test_a_blown_up_step_is_rejected_and_the_rate_halved(small_set, tmp_path):
     """30 times the tuned rate (about 0.9 here) blows up; the guard undoes those steps, halves the rate
     and the run ends with a sane map, saying so in the log, the report and on the terminal."""
     proc = cryosgd("reconstruct", small_set, "-o", tmp_path / "run", "--epochs", "3", "--no-marching",
-                   "--learning-rate", "30", "--test-size", "20", "--device", "cpu")
+                   "--learning-rate", "30", "--test-size", "20", "--device", "cpu", "--resolution", "48",
+                   "--max-shift", "0")
     assert proc.returncode == 0, proc.stderr
     assert "rejected" in proc.stderr and "learning rate halved" in proc.stderr
     with open(tmp_path / "run" / "log.csv") as fh:
@@ -122,7 +123,8 @@ def test_a_blown_up_step_is_rejected_and_the_rate_halved(small_set, tmp_path):
 
 def test_a_run_that_keeps_diverging_stops_without_a_map(small_set, tmp_path):
     proc = cryosgd("reconstruct", small_set, "-o", tmp_path / "run", "--epochs", "4", "--no-marching",
-                   "--learning-rate", "1e6", "--test-size", "20", "--device", "cpu")
+                   "--learning-rate", "1e6", "--test-size", "20", "--device", "cpu", "--resolution", "48",
+                   "--max-shift", "0")
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -150,5 +152,5 @@ def test_the_loop_moves_the_optimiser_state_when_it_centres(small_set, monkeypat
     monkeypatch.setattr(loop, "roll_state", spy)
     particles = load_particles(small_set)
     reconstruct(particles, Settings(optimizer="cm", learning_rate=0.3, epochs=6.0, centre_every=5, test_size=20,
-                                    resolution=48.0, evaluations=2))
+                                    resolution=48.0, evaluations=2, max_shift=0.0))
     assert len(moves) >= 2 and rolled == moves

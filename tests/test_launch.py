@@ -50,7 +50,8 @@ def test_torchrun_failure_summary_keeps_the_error_line(tmp_path):
 def test_overlapping_nproc_runs_do_not_collide(tmp_path):
     paths, _ = simulate_dataset(DEMO, tmp_path / "data", n=240, box=32, pixel_size=6.0, snr=0.05, seed=4)
     cmd = [sys.executable, "-m", "cryosgd", "reconstruct", str(paths.particles), "--nproc", "2", "--epochs", "0.5",
-           "--learning-rate", "0.5", "--test-size", "20", "--resolution", "48", "--device", "cpu"]
+           "--learning-rate", "0.5", "--test-size", "20", "--resolution", "48", "--device", "cpu",
+           "--max-shift", "0"]
     runs = [subprocess.Popen(cmd + ["-o", str(tmp_path / f"run{i}")], env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for i in range(3)]
     for run in runs:

@@ -86,7 +86,7 @@ def test_two_processes_compute_the_objective_of_one(tmp_path):
 def test_two_processes_give_the_same_map_as_one(small_set, tmp_path):
     # the learning rate is pinned (near the tuned 0.32): tuning would hide a gradient off by a constant factor
     common = ["reconstruct", small_set.particles, "--epochs", "0.5", "--resolution", "24", "--seed", "2",
-              "--learning-rate", "0.3", "--device", "cpu"]
+              "--learning-rate", "0.3", "--device", "cpu", "--max-shift", "0"]  # a centred set
     one = run_cli(*common, "-o", tmp_path / "one", "--nproc", "1")
     assert one.returncode == 0, one.stderr
     two = run_cli(*common, "-o", tmp_path / "two", "--nproc", "2")
@@ -136,7 +136,8 @@ def test_a_killed_rank_ends_the_run_cleanly_and_it_resumes_with_another_count(sm
     out = tmp_path / "run"
     # 33 steps of CM (11 per epoch): killed in step 22, resumed across the centring step 25
     args = ["reconstruct", str(small_set.particles), "-o", str(out), "--epochs", "3", "--resolution", "24",
-            "--optimizer", "cm", "--learning-rate", "0.3", "--checkpoint-every", "0", "--device", "cpu"]
+            "--optimizer", "cm", "--learning-rate", "0.3", "--checkpoint-every", "0", "--device", "cpu",
+            "--max-shift", "0"]
     (tmp_path / "faulty.py").write_text(FAULT)
     env = {**ENV, "FAULT_STEP": "22",
            "PYTHONPATH": os.pathsep.join([str(tmp_path)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}

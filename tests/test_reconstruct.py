@@ -30,7 +30,9 @@ SGD_RATE = 0.2
 
 
 def run_and_score(particles, truth, **settings):
-    s = Settings(resolution=particles.box * particles.pixel_size / BAND_LIMIT, evaluations=8, **settings)
+    # the set is centred: no shift search (tests/test_search.py runs it on off-centre particles)
+    s = Settings(resolution=particles.box * particles.pixel_size / BAND_LIMIT, evaluations=8, max_shift=0.0,
+                 **settings)
     rec = reconstruct(particles, s)
     cmp = compare_maps(rec.volume, truth, pixel_size=particles.pixel_size, align=True)
     return rec, cmp, cmp.fsc_at_fraction(0.8, rec.band_limit)
@@ -89,7 +91,7 @@ def test_all_seven_optimisers_reach_similar_test_nll(own_simulation):
     """
     particles, truth = own_simulation
     sub = particles.subset(np.arange(2500))
-    common = dict(epochs=5.0, resolution=3.0 * 64 / 6.4, evaluations=4, seed=0)
+    common = dict(epochs=5.0, resolution=3.0 * 64 / 6.4, evaluations=4, seed=0, max_shift=0.0)  # centred set
     start = reconstruct(sub, Settings(learning_rate=0.0, **{**common, "epochs": 1 / 24}))
     assert start.log[-1]["step"] == 1
     start_nll = start.log[-1]["test_nll"]
@@ -135,7 +137,7 @@ def test_resumed_run_gives_the_same_map(small_simulation, tmp_path, monkeypatch,
     sub = small_simulation  # 320 training images: 32 steps of 10
     s = Settings(optimizer=optimizer, learning_rate=RESUME_RATES[optimizer], batch_size=10, epochs=1.0,
                  resolution=40.0, evaluations=4, test_size=50, seed=3, checkpoint_every=0.0,
-                 memory_budget=256 << 20)
+                 memory_budget=256 << 20, max_shift=0.0)
     calls = []
 
     class CountingObjective(Objective):

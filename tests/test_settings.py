@@ -27,8 +27,9 @@ def test_paper_is_the_papers_plain_setting():
     # 10% of Nyquist on a 64 px box: a fixed band limit of 3.2 Fourier pixels (60 Å at 3 Å/pixel)
     assert band_schedule(paper, 64, 3.0, 100) == [(0, pytest.approx(3.2))]
     assert band_schedule(Settings.paper(resolution=24.0), 64, 3.0, 100) == [(0, pytest.approx(8.0))]
-    # the default marches to 25% of Nyquist
-    assert band_schedule(Settings(), 64, 3.0, 100)[-1][1] == pytest.approx(8.0)
+    # the default marches from 36 Å to 15 Å (64 px, 3 Å/pixel: band limits 5.33 to 12.8 Fourier pixels)
+    assert band_schedule(Settings(), 64, 3.0, 100) == [(0, pytest.approx(64 * 3 / 36)), (25, pytest.approx(9.067, abs=1e-3)),
+                                                       (50, pytest.approx(12.8))]
 
 
 def test_command_line_paper_and_prior():
@@ -39,7 +40,8 @@ def test_command_line_paper_and_prior():
     assert (settings.lambda_plus, settings.lambda_minus) == (3e-2, Settings().lambda_minus)
     args = parser.parse_args(["compare", "p.star", "-o", "run", "--lambda-minus", "1e-3"])
     settings = _settings_from(args)
-    assert settings.nyquist_fraction == pytest.approx(0.25) and settings.lambda_minus == 1e-3
+    assert settings.nyquist_fraction is None and settings.lambda_minus == 1e-3
+    assert settings.search == "auto" and settings.max_shift is None and settings.tune_rate is False
 
 
 def test_negative_prior_rate_is_refused(small_set):
@@ -82,3 +84,22 @@ def test_checkpoint_resumes_with_another_device_precision_budget_or_interval(sma
     assert resumed.log[0]["step"] == 1 and resumed.log[-1]["step"] > 1
     with pytest.raises(InputError, match="other settings"):
         reconstruct(small_set, Settings(**{**base, "seed": 3}), checkpoint=ckpt)
+
+
+def test_default_target_shift_range_and_search():
+    """15 Å unless Nyquist forbids it (then 4 pixels), marched from at least 36 Å; shifts within 10% of
+    the box; every pose scored while an image has at most 2 million, the pruned search above."""
+    from cryosgd.inference.likelihood import MarginalLikelihood
+    from cryosgd.inference.search import PrunedLikelihood
+    from cryosgd.reconstruct import build_kernel
+    from cryosgd.reconstruct.schedule import shift_range_px, target_resolution
+
+    assert target_resolution(None, 64, 3.5) == 15.0
+    assert target_resolution(None, 64, 6.0) == 24.0       # Nyquist 12 Å: 15 Å would be 80% of it
+    assert target_resolution(20.0, 64, 6.0) == 20.0
+    assert band_schedule(Settings(), 32, 6.0, 10)[0][1] == pytest.approx(32 * 6 / 48)  # twice 24 Å
+    assert shift_range_px(Settings(), 64) == pytest.approx(6.4) and shift_range_px(Settings(max_shift=0.0), 64) == 0
+    centred = build_kernel(64 * 3.5 / 20, 64, 3.5, Settings(max_shift=0.0))
+    assert isinstance(centred, MarginalLikelihood)
+    picked = build_kernel(64 * 3.5 / 20, 64, 3.5, Settings())              # 20 Å, shifts within 6.4 px
+    assert isinstance(picked, PrunedLikelihood)

@@ -79,12 +79,16 @@ def plot_montage(path, rows: dict, columns: list[str]) -> None:
 
 def plot_nll(path, log: list[dict], title: str = "") -> None:
     """Test NLL (nats per image) against per-image gradient evaluations."""
-    pts = [(r["gradients"], r["test_nll"]) for r in log if "test_nll" in r]
+    pts = [(r["gradients"], r["test_nll"], r.get("band_limit")) for r in log if "test_nll" in r]
     fig, ax = _subplots(figsize=(6, 4))
+    bands = list(dict.fromkeys(b for _, _, b in pts))
+    for band in bands:  # each band limit scores other coefficients: one line per marching stage
+        x, y = zip(*[(g, v) for g, v, b in pts if b == band])
+        ax.plot(x, y, marker=".", label=None if band is None or len(bands) == 1 else f"band limit {band:.1f} px")
     if pts:
-        x, y = zip(*pts)
-        ax.plot(x, y, marker=".")
         ax.set_xscale("log")
+    if len(bands) > 1:
+        ax.legend(fontsize=8)
     ax.set_xlabel("gradient evaluations (images)")
     ax.set_ylabel("test negative log-likelihood (nats/image)")
     ax.set_title(title or "held-out images")

@@ -16,15 +16,19 @@ def _add_run_options(p, *, epochs=1.0) -> None:
     from ..runtime.device import PRECISIONS
 
     p.add_argument("--epochs", type=float, default=epochs, help=f"passes over the training images (default {epochs:g})")
-    p.add_argument("--resolution", type=float, help="target resolution in Å (default: 25%% of Nyquist; "
-                                                    "10%% with --paper)")
+    p.add_argument("--resolution", type=float, help="target resolution in Å (default: 15 Å, or 4 pixels where "
+                                                    "Nyquist is coarser; 10%% of Nyquist with --paper)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--learning-rate", type=float, help="base learning rate (default: tuned automatically)")
-    p.add_argument("--max-shift", type=float, default=0.0, help="largest shift searched, pixels (default 0)")
-    p.add_argument("--search", choices=SEARCHES, default="exhaustive",
-                   help="pose search: exhaustive (every pose of the quadrature; default) or pruned (the quadrature "
-                        "of half the band first, then the fine poses near the coarse ones that matter; "
-                        "docs/search.md)")
+    p.add_argument("--learning-rate", type=float, help="base learning rate (default: from one probe step; "
+                                                       "--tune-rate searches it)")
+    p.add_argument("--tune-rate", action="store_true", help="search the learning rate with short runs of "
+                                                            "several candidates (slower than the probe step)")
+    p.add_argument("--max-shift", type=float, help="largest shift searched, pixels (default: 10%% of the box; "
+                                                   "0: none, for centred particles)")
+    p.add_argument("--search", choices=SEARCHES,
+                   help="pose search: pruned (the quadrature of half the band first, then the fine poses near "
+                        "the coarse ones that matter; docs/search.md), exhaustive (every pose of the quadrature; "
+                        "--paper's), or auto (default: exhaustive up to 2 million poses per image, pruned above)")
     p.add_argument("--particle-diameter", type=float, help="Å (default: 80%% of the box)")
     p.add_argument("--test-size", type=int, default=100, help="held-out images (default 100)")
     p.add_argument("--reference", help="a map to score against (FSC after alignment) in the report")

@@ -27,7 +27,7 @@ from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .dataset import initial_density, load_dataset, particle_diameter_px
 from .schedule import band_schedule, build_kernel, check_resolution
 from .settings import Settings
-from .tuning import tune_rate
+from .tuning import probe_rate, tune_rate
 
 __all__ = ["reconstruct", "Reconstruction", "Diverged", "centre_density"]
 
@@ -124,18 +124,24 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         order = np.random.default_rng([settings.seed, 7, epoch]).permutation(dataset.train)
         return np.sort(order[within * batch:(within + 1) * batch])
 
-    r_eval = schedule[-1][1]
-    eval_kernel = build_kernel(r_eval, box, apix, settings)
-    kernels: dict[float, MarginalLikelihood] = {r_eval: eval_kernel}
+    kernels: dict[float, MarginalLikelihood] = {}
+    test_batches: dict[float, object] = {}
+    test_local = parallel.shard(np.sort(dataset.test))
 
     def kernel_for(r):
-        if r not in kernels:  # keep only the evaluation kernel and the current stage's
-            for key in [k for k in kernels if k != r_eval]:
-                del kernels[key]
+        if r not in kernels:  # keep only the current stage's kernel and its held-out batch
+            kernels.clear()
+            test_batches.clear()
             kernels[r] = build_kernel(r, box, apix, settings)
         return kernels[r]
-    test_local = parallel.shard(np.sort(dataset.test))
-    test_batch = eval_kernel.prepare(dataset.images(test_local), dataset.particles.ctf[test_local])
+
+    def test_nll(vol, r):
+        """The held-out NLL (nats per image) at band limit ``r``: the current stage's, so that an
+        evaluation costs what a step does (``log.csv`` gives each one's band limit)."""
+        kern = kernel_for(r)
+        if r not in test_batches:
+            test_batches[r] = kern.prepare(dataset.images(test_local), dataset.particles.ctf[test_local])
+        return Objective(kern, prior, n_train).test_nll(vol, test_batches[r], total=len(dataset.test))
 
     ckpt_path = Path(checkpoint) if checkpoint else None
     state = load_checkpoint(ckpt_path) if ckpt_path and parallel.is_main() else None
@@ -148,10 +154,13 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         volume = project_constraints(initial_density(box, dataset, seed=settings.seed,
                                                      diameter_A=settings.particle_diameter).to(device))
         lr = settings.learning_rate
-        if lr is None:
+        if lr is None and settings.tune_rate:
             lr = tune_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints,
                            n_train, seed=settings.seed, tune_images=settings.tune_images,
                            tune_steps=settings.tune_steps, validation_size=settings.test_size)
+        elif lr is None:
+            lr = probe_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, n_train,
+                            seed=settings.seed, tune_images=settings.tune_images, validation_size=settings.test_size)
         step, grads, log, snapshots, opt_state = 0, 0, [], {}, None
         kernel_seconds, rejected = 0.0, []
     else:
@@ -257,10 +266,9 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         row = {"step": step, "gradients": grads, "epoch": step / steps_per_epoch, "band_limit": r,
                "value": out.value, "learning_rate": lr, "rejected": n_rejected, "seconds": time.time() - t_start}
         if step % eval_every == 0 or step == n_steps:
-            row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch,
-                                                                               total=len(dataset.test))
+            row["test_nll"] = test_nll(volume, r)
             if step == n_steps:  # no minibatch judges the last update: the held-out NLL does
-                earlier = [e["test_nll"] for e in log if "test_nll" in e]
+                earlier = [e["test_nll"] for e in log if "test_nll" in e and e["band_limit"] == r]
                 best = min(earlier) if earlier else None
                 if not math.isfinite(row["test_nll"]) or (
                         best is not None and row["test_nll"] - best > (BLOWUP_FACTOR - 1) * max(abs(best), 1.0)):
@@ -270,8 +278,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
                         warnings.warn(f"{settings.optimizer}: the last step rejected ({what}); the map is the "
                                       "density before it")
                     row["rejected"] = 1
-                    row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch,
-                                                                                       total=len(dataset.test))
+                    row["test_nll"] = test_nll(volume, r)
                     if not math.isfinite(row["test_nll"]):
                         raise diverged("the held-out NLL is not finite at the end")
         log.append(row)

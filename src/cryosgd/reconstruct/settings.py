@@ -18,25 +18,26 @@ class Settings:
     learning_rate: float | None = None     # None: tuned automatically
     epochs: float = 1.0
     batch_size: int | None = None          # None: the optimiser's (100; 300 for HF)
-    resolution: float | None = None        # Å; None: nyquist_fraction of Nyquist
-    nyquist_fraction: float = 0.25          # the default target's band limit as a fraction of Nyquist
-    start_resolution: float | None = None  # Å; None: twice the target (marching)
+    resolution: float | None = None        # Å; None: 15 Å, or 4 pixels where Nyquist is coarser (schedule.py)
+    nyquist_fraction: float | None = None   # a default target as a fraction of Nyquist instead (the paper's: 0.10)
+    start_resolution: float | None = None  # Å; None: twice the target, and at least 36 Å (marching)
     marching_stages: int = 3
     positivity: bool = True
     mask: bool = True
     particle_diameter: float | None = None  # Å; None: 0.8 of the box
     centre_every: int = 25                  # steps; 0: off
-    max_shift: float = 0.0                  # pixels; 0: no shift search
-    search: str = "exhaustive"              # exhaustive (every pose) | pruned (coarse-to-fine, inference/search.py)
+    max_shift: float | None = None          # pixels; None: 10% of the box; 0: no shift search
+    search: str = "auto"                    # auto | pruned (coarse-to-fine, inference/search.py) | exhaustive
     lambda_plus: float = 1e-4
     lambda_minus: float = 1e-4
     test_size: int = 100
     seed: int = 0
     snapshots: tuple = (5000, 50000)        # gradient evaluations
-    evaluations: int = 40                   # test-NLL points over the run
+    evaluations: int = 12                   # test-NLL points over the run (at the band limit of the moment)
     checkpoint_every: float = 60.0          # seconds
     tune_images: int = 300
     tune_steps: int = 12
+    tune_rate: bool = False                 # search the rate with short runs; else one probe step (tuning.py)
     memory_budget: int | None = None       # bytes for the score matrix; None: from the memory available
     noise_std: float | None = None          # None: estimated from the background
     device: str = "cpu"
@@ -47,12 +48,13 @@ class Settings:
     def paper(cls, **kw) -> Settings:
         """The paper's plain setting: fixed band limit (10% of Nyquist unless given), no extras.
 
-        No marching, positivity, mask or centring.  What stays (``docs/reconstruction.md``): the
-        automatic learning rate, the noise estimate, the divergence guard, and the shift search and
-        prior as given (``max_shift``, ``lambda_plus``, ``lambda_minus``).
+        No marching, positivity, mask, centring or pruning: every pose is scored (``search="exhaustive"``)
+        and shifts are searched only when ``max_shift`` is given.  What stays (``docs/reconstruction.md``):
+        the automatic learning rate, the noise estimate, the divergence guard, and the prior as given
+        (``lambda_plus``, ``lambda_minus``).
         """
         base = dict(start_resolution=None, marching_stages=1, positivity=False, mask=False, centre_every=0,
-                    nyquist_fraction=0.10)
+                    nyquist_fraction=0.10, search="exhaustive", max_shift=0.0)
         base.update(kw)
         return cls(**base)
 

@@ -1,6 +1,11 @@
-"""The learning rate, tuned automatically: a short search on training images, scored on others.
+"""The learning rate, set automatically: from one probe step (the default), or by a short search on
+training images, scored on others (``tune_rate``).
 
-The test images, whose NLL a run reports, take no part (``docs/reconstruction.md``).
+Both start from the rate at which the optimiser's first step moves the density by 10% of its norm,
+measured by probing that step at rate 1 (:func:`probe_scale`).  The search tries candidates around it;
+the probe rule multiplies it by the factor the search chose on measured sets (:data:`PROBE_FACTOR`),
+which costs one minibatch gradient instead of about a hundred.  The test images, whose NLL a run
+reports, take no part (``docs/reconstruction.md``).
 """
 from __future__ import annotations
 
@@ -15,12 +20,18 @@ from ..optim import make_optimizer, tune_learning_rate
 from ..runtime import parallel
 from .dataset import Dataset
 
-__all__ = ["tune_rate", "tuning_split", "TUNE_SAFETY", "TUNE_SAFETY_EXTRA"]
+__all__ = ["tune_rate", "probe_rate", "probe_scale", "tuning_split", "TUNE_SAFETY", "TUNE_SAFETY_EXTRA",
+           "PROBE_FACTOR"]
 
 TUNE_SAFETY = 0.5  # the tuned rate is halved: later, at higher band limits, the objective is rougher
 # TONGA's short tuning runs end before its covariance estimate settles; over a 5-epoch run its best
 # rate measured about half the (already halved) tuned one (test NLL 196.96 at 0.5 against 202.2 at 1.02)
 TUNE_SAFETY_EXTRA = {"tonga": 0.5}
+# the searched rate over the probe scale (before the safety factor), where the search's candidates were
+# extended upwards until the score rose again; measured on simulated 5FUU (64 px, 3 Å/px, centred) and
+# 8ZPM (48 px, 2.5 Å/px, shifts of 2 px) sets at their first marching stage (docs/reconstruction.md)
+PROBE_FACTOR = {"sgd": 10 ** 1.25, "cm": 10 ** 1.25, "nag": 10 ** 1.25, "adagrad": 10 ** 0.5,
+                "tonga": 10 ** 0.25, "olbfgs": 10 ** 1.0, "hf": 10 ** 1.5}
 
 
 def tuning_split(dataset: Dataset, *, tune_images: int, validation_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,21 +69,8 @@ def tune_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tenso
 
             yield grad_fn
 
-    # candidates around the rate whose first step moves the density by 10% of its norm, measured by
-    # probing this optimiser's own first step at rate 1 (plain gradient, AdaGrad's scaled step, TONGA's
-    # natural gradient, L-BFGS's and HF's curvature steps all differ in length); the objective is not
-    # convex at a random start, so a Newton-step reference does not exist
-    grad_fn = next(iter(factory(100, seed)))
-    value, grad = grad_fn(volume)
-    probe = make_optimizer(optimizer, 1.0)
-    moved, _, _ = probe.update(grad, probe.init(volume), volume, value=value, grad_fn=grad_fn)
-    step = float((moved - volume).norm())
-    scale = 0.1 * float(volume.norm()) / step if step > 0 and math.isfinite(step) else 1.0
-    if optimizer == "adagrad":
-        # AdaGrad's first step is about sign(g) on every voxel, far longer than its later steps:
-        # its rate is a per-voxel step, so scale it by the density's voxel values instead
-        scale = 0.1 * float(volume.abs().max())
-    candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
+    scale = probe_scale(optimizer, volume, next(iter(factory(100, seed))))
+    candidates = [scale * 10.0 ** (k / 2) for k in range(-3, 5)]
     # score each candidate by the NLL of validation images (training images outside the tuning subset,
     # at the tuning band limit), not by the tuning minibatches: a short run on those rewards rates at the
     # edge of stability; the test images, whose NLL the run reports, play no part
@@ -94,3 +92,40 @@ def tune_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tenso
                          "(the images may hold no signal at this band limit); give one with "
                          "--learning-rate") from None
     return float(best) * TUNE_SAFETY * TUNE_SAFETY_EXTRA.get(optimizer, 1.0)
+
+
+def probe_scale(optimizer: str, volume: torch.Tensor, grad_fn) -> float:
+    """The rate at which ``optimizer``'s first step, on the minibatch objective ``grad_fn``, moves
+    ``volume`` by 10% of its norm.
+
+    The step is probed at rate 1 (plain gradient, AdaGrad's scaled step, TONGA's natural gradient,
+    L-BFGS's and HF's curvature steps all differ in length); the objective is not convex at a random
+    start, so a Newton-step reference does not exist.  AdaGrad's first step is about sign(g) on every
+    voxel, far longer than its later steps: its rate is a per-voxel step, scaled by the density's
+    largest voxel instead.
+    """
+    if optimizer == "adagrad":
+        return 0.1 * float(volume.abs().max())
+    value, grad = grad_fn(volume)
+    probe = make_optimizer(optimizer, 1.0)
+    moved, _, _ = probe.update(grad, probe.init(volume), volume, value=value, grad_fn=grad_fn)
+    step = float((moved - volume).norm())
+    return 0.1 * float(volume.norm()) / step if step > 0 and math.isfinite(step) else 1.0
+
+
+def probe_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tensor, n_train: int, *,
+               seed: int, tune_images: int = 300, validation_size: int = 100) -> float:
+    """The base learning rate of ``optimizer`` from one probe step on a minibatch of training images:
+    :func:`probe_scale` times :data:`PROBE_FACTOR` and the safety factors of :func:`tune_rate`."""
+    subset, _ = tuning_split(dataset, tune_images=tune_images, validation_size=validation_size)
+    idx = np.sort(np.random.default_rng([seed, 11]).choice(subset, size=min(100, len(subset)), replace=False))
+    local = parallel.shard(idx)
+    batch = kern.prepare(dataset.images(local), dataset.particles.ctf[local])
+    objective = Objective(kern, prior, n_train)
+
+    def grad_fn(p):
+        o = objective(p, batch, total=len(idx))
+        return o.value, o.gradient
+
+    scale = probe_scale(optimizer, volume, grad_fn)
+    return scale * PROBE_FACTOR[optimizer] * TUNE_SAFETY * TUNE_SAFETY_EXTRA.get(optimizer, 1.0)
