@@ -2,11 +2,17 @@
 
     python benchmarks/race.py -o /tmp/race [--n 5000] [--snr 0.05] [--relion-minutes 60]
     python benchmarks/race.py -o /tmp/race --only relion     # one program; the other's curve is reused
+    python benchmarks/race.py -o /tmp/race-shifted --shift-sigma 3 --apix 3.5 --resolution 15   # off-centre
 
 Particles are projected by ``relion_project --ctf`` (so neither program sees its own simulator)
-from the EMD-3400 map in ../shared/data (64 px at 4.5 Å/px), centred, CTFs drawn from the real
-cryoSPARC table, white noise at SNR 0.05.  Both programs start from their own random density
-(RELION's ``--denovo_3dref`` makes its own) and run on 2 threads, one after the other.
+from the EMD-3400 map in ../shared/data (64 px at ``--apix``, 4.5 Å/px by default), centred or, with
+``--shift-sigma``, off-centre by a normal of that many pixels (as picked particles are), CTFs drawn
+from the real cryoSPARC table, white noise at SNR 0.05.  Both programs start from their own random
+density (RELION's ``--denovo_3dref`` makes its own) and run on ``--threads`` threads each.  On
+off-centre particles cryosgd runs its defaults (a shift search within 10% of the box) and RELION
+searches shifts at its own defaults (``--offset_range 6 --offset_step 2``, pixels); on centred ones
+neither searches.  ``--only`` runs one program and keeps the other's results (each in its own
+``race_<program>.json``), so the two can run at the same time on one machine.
 
 Each program leaves a curve of (wall time, map): cryosgd a snapshot every ``--every`` gradient
 evaluations (times from its log), RELION a map every ``--relion-write`` iterations (times from the
@@ -36,11 +42,12 @@ from cryosgd.simulation import load_source_volume, relion_simulate, require_reli
 from machine import cpu_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-BOX, APIX = 64, 4.5
+BOX = 64
+APIX = 4.5      # Å/pixel (--apix)
 DIAMETER = 0.9 * BOX * APIX  # Å, RELION's --particle_diameter
 
 
-def make_data(out: Path, n: int, snr: float) -> Path:
+def make_data(out: Path, n: int, snr: float, shift_sigma: float = 0.0) -> Path:
     star = out / "data" / "particles.star"
     if star.exists():
         return star
@@ -48,7 +55,8 @@ def make_data(out: Path, n: int, snr: float) -> Path:
     table = load_particles(SHARED / "ctf_metadata_real" / "cryosparc_P12_J24_001_particles.cs",
                            require_images=False).ctf
     ctf = draw_ctfs(n, np.random.default_rng(1), table=table)
-    return relion_simulate(volume, APIX, out / "data", n=n, snr=snr, ctf=ctf, seed=1).particles
+    return relion_simulate(volume, APIX, out / "data", n=n, snr=snr, ctf=ctf, seed=1,
+                           shift_sigma=shift_sigma).particles
 
 
 def score(volume, truth) -> dict:
@@ -56,11 +64,14 @@ def score(volume, truth) -> dict:
     return {"fsc05_A": round(c.resolution_05, 2), "fsc0143_A": round(c.resolution_0143, 2)}
 
 
-def run_cryosgd(star: Path, truth, resolution: float, epochs: float, every: int, seed: int) -> dict:
+def run_cryosgd(star: Path, truth, resolution: float, epochs: float, every: int, seed: int, centred: bool) -> dict:
+    """cryosgd's defaults (as ``cryosgd reconstruct --resolution R``), with snapshots to score; on centred
+    particles with ``--max-shift 0``, as RELION is told ``--offset_range 0``."""
     particles = load_particles(star)
     marks = tuple(range(every, int(epochs * len(particles)) + 1, every))
     t = time.perf_counter()
-    rec = reconstruct(particles, Settings(epochs=epochs, resolution=resolution, seed=seed, snapshots=marks))
+    shifts = {"max_shift": 0.0} if centred else {}
+    rec = reconstruct(particles, Settings(epochs=epochs, resolution=resolution, seed=seed, snapshots=marks, **shifts))
     wall = time.perf_counter() - t
     curve = []
     for grads, vol in sorted((k, v) for k, v in rec.snapshots.items() if k != "final"):
@@ -68,25 +79,29 @@ def run_cryosgd(star: Path, truth, resolution: float, epochs: float, every: int,
         curve.append({"seconds": round(row["seconds"], 1), "gradients": row["gradients"], **score(vol, truth)})
     curve.append({"seconds": round(wall, 1), "gradients": rec.log[-1]["gradients"], **score(rec.volume, truth)})
     return {"wall_s": round(wall, 1), "learning_rate": rec.learning_rate, "settings":
-            f"Settings(epochs={epochs}, resolution={resolution}, seed={seed})", "curve": curve}
+            f"Settings(epochs={epochs}, resolution={resolution}, seed={seed}"
+            f"{', max_shift=0.0' if centred else ''})", "curve": curve}
 
 
-def relion_command(star: Path, out: Path, iters, write: int, diameter: float, threads: int) -> list[str]:
+def relion_command(star: Path, out: Path, iters, write: int, diameter: float, threads: int,
+                   offsets: tuple = (0, 1)) -> list[str]:
+    """``offsets``: RELION's ``--offset_range`` and ``--offset_step`` (pixels); ``(0, 1)``: no search."""
     ini, between, fin = iters
     return ["relion_refine", "--sgd", "--denovo_3dref", "--i", star.name, "--o", str(out.resolve() / "run"),
             "--ctf", "--K", "1", "--sym", "C1", "--zero_mask", "--flatten_solvent",
-            "--particle_diameter", f"{diameter:.0f}", "--healpix_order", "1", "--offset_range", "0",
-            "--offset_step", "1", "--j", str(threads), "--sgd_ini_iter", str(ini), "--sgd_inbetween_iter",
+            "--particle_diameter", f"{diameter:.0f}", "--healpix_order", "1", "--offset_range", str(offsets[0]),
+            "--offset_step", str(offsets[1]), "--j", str(threads), "--sgd_ini_iter", str(ini), "--sgd_inbetween_iter",
             str(between), "--sgd_fin_iter", str(fin), "--sgd_write_iter", str(write), "--pool", "30",
             "--pad", "1", "--skip_gridding", "--dont_combine_weights_via_disc", "--random_seed", "1"]
 
 
-def run_relion(star: Path, out: Path, truth, iters, write: int, minutes: float, threads: int = 2) -> dict:
+def run_relion(star: Path, out: Path, truth, iters, write: int, minutes: float, threads: int = 2,
+               offsets: tuple = (0, 1)) -> dict:
     """RELION's SGD with its maps written every ``write`` iterations; stopped after ``minutes``."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("run_*"):
         old.unlink()
-    cmd = relion_command(star, out, iters, write, DIAMETER, threads)
+    cmd = relion_command(star, out, iters, write, DIAMETER, threads, offsets)
     t0 = time.time()
     (out / "started.txt").write_text(f"{t0}\n")
     with open(out / "stdout.txt", "w") as log:
@@ -135,20 +150,34 @@ def main() -> None:
     ap.add_argument("--relion-write", type=int, default=5, help="RELION writes its map every this many iterations")
     ap.add_argument("--relion-minutes", type=float, default=60.0, help="stop RELION after this long")
     ap.add_argument("--only", choices=["cryosgd", "relion"], help="run one program; reuse the other's results")
+    ap.add_argument("--shift-sigma", type=float, default=0.0, help="particles off-centre by a normal of this "
+                                                                    "many pixels (default 0: centred)")
+    ap.add_argument("--apix", type=float, default=4.5, help="Å/pixel of the 64 px particles (default 4.5)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of each program (default 2)")
     ap.add_argument("--relion-existing", metavar="DIR", help="score a RELION run already made in DIR (timed from "
                                                              "DIR/started.txt, epoch seconds) instead of running it")
     args = ap.parse_args()
+    global APIX, DIAMETER
+    APIX, DIAMETER = args.apix, 0.9 * BOX * args.apix
     require_relion()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    star = make_data(out, args.n, args.snr)
+    star = make_data(out, args.n, args.snr, args.shift_sigma)
     truth, _ = read_map(star.parent / "truth.mrc")
-    results_path = out / "race.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.update({"particles": args.n, "box": BOX, "pixel_size": APIX, "snr": args.snr, "threads": 2,
-                    "cpu": cpu_model()})
+    offsets = (6, 2) if args.shift_sigma > 0 else (0, 1)   # RELION's defaults when particles are off-centre
+    results = {"particles": args.n, "box": BOX, "pixel_size": APIX, "snr": args.snr, "threads": args.threads,
+               "shift_sigma": args.shift_sigma, "cpu": cpu_model()}
+    for name in ("cryosgd", "relion"):
+        part = out / f"race_{name}.json"
+        if part.exists():
+            results[name] = json.loads(part.read_text())
     if args.only in (None, "cryosgd"):
-        results["cryosgd"] = run_cryosgd(star, truth, args.resolution, args.epochs, args.every, args.seed)
+        import torch
+
+        torch.set_num_threads(args.threads)
+        results["cryosgd"] = run_cryosgd(star, truth, args.resolution, args.epochs, args.every, args.seed,
+                                         centred=args.shift_sigma == 0)
+        (out / "race_cryosgd.json").write_text(json.dumps(results["cryosgd"], indent=1))
     if args.only in (None, "relion"):
         iters = tuple(int(x) for x in args.relion_iters.split(","))
         if args.relion_existing:
@@ -158,10 +187,12 @@ def main() -> None:
             results["relion"] = {"wall_s": curve[-1]["seconds"], "finished": curve[-1]["iteration"] == sum(iters),
                                  "curve": curve,
                                  "command": " ".join(relion_command(star, folder, iters, args.relion_write,
-                                                                    DIAMETER, 2))}
+                                                                    DIAMETER, args.threads, offsets))}
         else:
             results["relion"] = run_relion(star, out / "relion", truth, iters, args.relion_write,
-                                           args.relion_minutes)
+                                           args.relion_minutes, args.threads, offsets)
+        (out / "race_relion.json").write_text(json.dumps(results["relion"], indent=1))
+    results_path = out / "race.json"
     results_path.write_text(json.dumps(results, indent=1))
     if "cryosgd" not in results or "relion" not in results:
         return
@@ -201,9 +232,11 @@ def plot(results: dict, target: float, path: Path) -> None:
     ax.axhline(target, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.invert_yaxis()
-    ax.set_xlabel("wall time from start (s), 2 threads each")
+    ax.set_xlabel(f"wall time from start (s), {results['threads']} threads each")
     ax.set_ylabel("FSC 0.5 resolution against the truth (Å)")
-    ax.set_title(f"{results['particles']} particles of EMD-3400, {BOX} px, SNR {results['snr']}")
+    where = f", off-centre (σ {results['shift_sigma']:g} px)" if results.get("shift_sigma") else ""
+    ax.set_title(f"{results['particles']} particles of EMD-3400, {BOX} px at {results['pixel_size']:g} Å, "
+                 f"SNR {results['snr']}{where}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()

@@ -164,7 +164,7 @@ def _cmd_demo(args) -> None:
     particles = load_particles(paths.particles)
     from ..reconstruct import Settings
 
-    settings = Settings(epochs=args.epochs, resolution=20.0, seed=args.seed)
+    settings = Settings(epochs=args.epochs, resolution=20.0, seed=args.seed, max_shift=0.0)  # centred particles
     from ..io import read_map
 
     truth, _ = read_map(paths.volume)
