@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from ..fourier import band_limit_px, nyquist_fraction_px, resolution_A
+from ..inference.asymmetric_unit import restrict_to_asymmetric_unit
 from ..inference.likelihood import MarginalLikelihood
 from ..inference.quadrature import (
     LEBEDEV_POINTS,
@@ -22,6 +23,7 @@ from ..inference.search import PrunedLikelihood
 from ..io import InputError, ParticleSet
 from ..runtime.device import resolve_device, resolve_precision
 from .settings import Settings
+from .symmetric import SymmetricKernel
 
 __all__ = ["target_resolution", "check_resolution", "band_schedule", "build_kernel", "SEARCHES"]
 
@@ -76,15 +78,22 @@ SEARCHES = ("exhaustive", "pruned")
 def build_kernel(band_limit: float, box: int, pixel_size: float, settings: Settings):
     """The likelihood kernel for one band limit (Fourier pixels), on the settings' device and precision:
     the exhaustive :class:`MarginalLikelihood`, or with ``search="pruned"`` the coarse-to-fine
-    :class:`~cryosgd.inference.search.PrunedLikelihood` (the same interface; ``docs/search.md``)."""
+    :class:`~cryosgd.inference.search.PrunedLikelihood` (the same interface; ``docs/search.md``).
+    With ``symmetry`` other than C1 the quadrature covers one asymmetric unit and the kernel's gradient
+    is symmetrised (:class:`.symmetric.SymmetricKernel`)."""
+    group = None if settings.symmetry.strip().upper() == "C1" else settings.symmetry
     if settings.search not in SEARCHES:
         raise InputError("--search", f"unknown search {settings.search!r}; choose {' or '.join(SEARCHES)}")
     device = resolve_device(settings.device)
     dtype, tf32 = resolve_precision(settings.precision, device)
     if settings.search == "pruned":
-        return PrunedLikelihood(box, pixel_size, band_limit, max_shift=settings.max_shift, noise_std=1.0, dtype=dtype,
-                                device=device, memory_budget=settings.memory_budget, tf32=tf32)
-    q = choose_quadrature(band_limit, box, max_shift=settings.max_shift)
-    rs = rotation_set_for_band(band_limit, q.n_inplane)
-    return MarginalLikelihood(box, pixel_size, band_limit, rs, q.shifts, q.shift_weights, noise_std=1.0,
-                              dtype=dtype, device=device, memory_budget=settings.memory_budget, tf32=tf32)
+        kern = PrunedLikelihood(box, pixel_size, band_limit, max_shift=settings.max_shift, noise_std=1.0, dtype=dtype,
+                                device=device, memory_budget=settings.memory_budget, tf32=tf32, symmetry=group)
+    else:
+        q = choose_quadrature(band_limit, box, max_shift=settings.max_shift)
+        rs = rotation_set_for_band(band_limit, q.n_inplane)
+        if group is not None:
+            rs = restrict_to_asymmetric_unit(rs, group)
+        kern = MarginalLikelihood(box, pixel_size, band_limit, rs, q.shifts, q.shift_weights, noise_std=1.0,
+                                  dtype=dtype, device=device, memory_budget=settings.memory_budget, tf32=tf32)
+    return kern if group is None else SymmetricKernel(kern, group)
