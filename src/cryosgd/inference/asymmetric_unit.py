@@ -40,9 +40,9 @@ def restrict_to_asymmetric_unit(rotations: RotationSet, group, *, margin: float 
     rotations: a :class:`RotationSet` (``Mb`` base rotations).
     group:     a point-group name (``"D7"``) or ``(|G|, 3, 3)`` rotations; ``C1`` returns ``rotations``.
     margin:    radians; > 0 dilates the unit: a beam direction within about ``margin`` of the unit
-               counts as in it (with a share ``1 / k`` where ``k`` cells meet).  The coarse level of
-               pruned search (:mod:`.search`) uses it, so that every fine rotation of the unit has
-               its nearest coarse rotations among the coarse candidates.
+               counts as in it (with a share ``1 / k`` where ``k`` cells meet): a wider set of
+               candidates, for a coarse level that must reach every fine rotation of the unit
+               (:mod:`.search` measures that it does not need it).
     Returns a :class:`RotationSet` of the ``K <= Mb`` kept bases with ``(K, 8)`` log weights
     (``-inf`` where a variant lies outside the unit).
     """
