@@ -11,7 +11,9 @@ the images (SNR 0.05, CTFs from ``tests/data/empiar10026_ctf.star``); each group
 ``cryosgd reconstruct ... --symmetry G`` from the same random start seed.  Per group one JSON line
 (or a table row): the command, the base rotations of the final quadrature, the median seconds per
 step at the final band limit, the reconstruction's wall time (pose assignment excluded), and FSC 0.5
-/ 0.143 against the truth after alignment (:func:`cryosgd.evaluate.compare_maps`, ``align=True``).
+/ 0.143 against the truth after alignment (:func:`cryosgd.evaluate.compare_maps`, ``align=True``),
+and the assigned poses' error modulo G against the true ones (median, fraction within 10 degrees).
+A run whose ``summary.json`` exists is analysed again, not rerun.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cryosgd.evaluate import compare_maps
-from cryosgd.io import read_map
+from cryosgd.io import load_particles, read_map
 from cryosgd.reconstruct import Settings, build_kernel
 from cryosgd.symmetry import point_group
 
@@ -63,10 +65,30 @@ def d7_assembly(path: Path, offset=(25.0, 0.0, 12.0)) -> Path:
     return path
 
 
-def cryosgd(*args) -> str:
+def cryosgd(*args, run: bool = True) -> str:
     cmd = [sys.executable, "-m", "cryosgd", *map(str, args)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    if run:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return "cryosgd " + " ".join(shlex.quote(str(a)) for a in args)
+
+
+def pose_errors(run: Path, sim: Path, alignment, truth_group: str = "D7") -> np.ndarray | None:
+    """Per particle, degrees between the assigned rotation and the nearest ``Q g R_true`` (g in the
+    truth's group: a pose is defined up to it, in a C1 run too; Q the map's alignment rotation onto
+    the truth, or its transpose, whichever fits better); ``None`` when the map aligns only mirrored
+    (no rotation relates the poses)."""
+    if alignment is None or alignment.mirror:
+        return None
+    est = load_particles(run / "particles.star", require_images=False).rotations
+    true = load_particles(sim / "truth.star", require_images=False).rotations
+    ops = point_group(truth_group)
+    best = None
+    for q in (alignment.rotation, alignment.rotation.T):
+        cand = np.einsum("ij,gjk,nkl->ngil", q, ops, true)
+        cos = (np.einsum("nij,ngij->ng", est, cand) - 1) / 2
+        err = np.degrees(np.arccos(np.clip(cos, -1, 1))).min(1)
+        best = err if best is None or np.median(err) < np.median(best) else best
+    return best
 
 
 def seconds_per_step(log_csv: Path) -> float:
@@ -104,9 +126,10 @@ def main() -> None:
     rows = []
     for group in args.groups.split(","):
         run = out / f"run_{group}"
+        done = (run / "summary.json").is_file()  # a finished run is analysed again, not rerun
         command = cryosgd("reconstruct", sim / "particles.star", "-o", run, "--symmetry", group, "--resolution",
                           args.resolution, "--max-shift", args.max_shift, "--search", args.search, "--epochs",
-                          args.epochs, "--seed", args.seed, "--device", "cpu")
+                          args.epochs, "--seed", args.seed, "--device", "cpu", run=not done)
         summary = json.loads((run / "summary.json").read_text())
         volume, _ = read_map(run / "map.mrc")
         cmp = compare_maps(volume, truth, pixel_size=args.apix, align=True)
@@ -118,6 +141,10 @@ def main() -> None:
                "fsc_0.5_A": cmp.resolution_05, "fsc_0.143_A": cmp.resolution_0143,
                "fsc_at_0.8_band": cmp.fsc_at_fraction(0.8, summary["band_limit_px"]),
                "final_test_nll": summary["final_test_nll"]}
+        errors = pose_errors(run, sim, cmp.alignment)
+        if errors is not None:
+            row.update({"pose_error_median_deg": float(np.median(errors)),
+                        "poses_within_10_deg": float((errors < 10).mean())})
         rows.append(row)
         if args.json:
             print(json.dumps(row), flush=True)
