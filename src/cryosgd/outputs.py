@@ -43,6 +43,7 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
         "pixel_size": apix, "box": particles.box, "particles": len(particles),
         "peak_memory_bytes": rec.peak_memory, "rotation_chunk": rec.chunk,
         "slicing_operator_bytes": rec.operator_bytes, "rejected_steps": len(rec.rejected),
+        "symmetry": rec.settings.symmetry,
     }
     sections = [("Run", "\n".join(f"- {k}: {v}" for k, v in summary.items())),
                 ("Divergence guard", _guard_text(rec)),

@@ -59,15 +59,18 @@ def _cmd_symmetry(args) -> None:
 
 RUN_FIELDS = ("epochs", "resolution", "seed", "max_shift", "search", "learning_rate", "test_size", "device",
               "precision", "checkpoint_every", "particle_diameter", "lambda_plus", "lambda_minus", "invert_contrast",
-              "tune_rate")
+              "tune_rate", "symmetry")
 SWITCHES = ("paper", "no_marching", "no_positivity", "no_mask", "no_centring")
 
 
 def _settings_from(args, **overrides):
     """The :class:`~cryosgd.reconstruct.Settings` of a run's command-line options (``overrides`` last)."""
     from ..reconstruct import Settings
+    from ..reconstruct.symmetric import check_symmetry
 
     options = {k: getattr(args, k) for k in RUN_FIELDS + SWITCHES if hasattr(args, k)}
+    if options.get("symmetry") is not None:  # a bad name stops here, before any file is read or written
+        options["symmetry"] = check_symmetry(options["symmetry"])
     return Settings.from_options(**{**options, **overrides})
 
 
@@ -97,8 +100,8 @@ def _reference(args):
 def _cmd_reconstruct(args) -> None:
     from ..io import load_particles
 
+    settings = _settings_from(args, optimizer=args.optimizer)  # options first: a bad one costs no file reading
     particles = load_particles(args.particles)
-    settings = _settings_from(args, optimizer=args.optimizer)
     reference, name = _reference(args)
     out = Path(args.output)
     summary, _ = _run_one(particles, out, settings, reference=reference, reference_name=name)

@@ -29,6 +29,10 @@ def _add_run_options(p, *, epochs=1.0) -> None:
                    help="pose search: pruned (the quadrature of half the band first, then the fine poses near "
                         "the coarse ones that matter; docs/search.md), exhaustive (every pose of the quadrature; "
                         "--paper's), or auto (default: exhaustive up to 2 million poses per image, pruned above)")
+    p.add_argument("--symmetry", default="C1",
+                   help="point group of the particle in RELION's orientation (C<n>, D<n>, T, O, I; default C1): "
+                        "poses over one asymmetric unit (about |G|/2 times fewer rotations) and a symmetric "
+                        "map; `cryosgd symmetry` finds a map's group")
     p.add_argument("--particle-diameter", type=float, help="Å (default: 80%% of the box)")
     p.add_argument("--test-size", type=int, default=100, help="held-out images (default 100)")
     p.add_argument("--reference", help="a map to score against (FSC after alignment) in the report")
@@ -58,7 +62,8 @@ EXAMPLES = {  # each command's --help ends with one
     "simulate": "cryosgd simulate model.pdb -o sim -n 5000 --box 64 --apix 3.5 --snr 0.05 --shift-sigma 3 "
                 "--ctf-from particles_ctf.star",
     "backproject": "cryosgd backproject sim/truth.star -o truth_bp.mrc",
-    "reconstruct": "cryosgd reconstruct sim/particles.star -o run --resolution 15 --reference sim/truth.mrc",
+    "reconstruct": "cryosgd reconstruct sim/particles.star -o run --resolution 15 --reference sim/truth.mrc\n"
+                   "  cryosgd reconstruct d7/particles.star -o run_d7 --resolution 15 --symmetry D7",
     "compare": "cryosgd compare sim/particles.star -o cmp --optimizers sgd,nag,olbfgs --epochs 5",
     "demo": "cryosgd demo -o cryosgd-demo",
     "projmatch": "cryosgd projmatch sim/particles.star -o pm --iterations 5",

@@ -75,6 +75,9 @@ class LikelihoodResult:
     best_probability: np.ndarray | None  # (B,) posterior probability of that (rotation, shift)
 
 
+LOG_ZERO = -1e30  # the log weight of a rotation outside the quadrature: exp() is 0, and 0 * LOG_ZERO is 0
+
+
 def _pad_columns(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     """``x`` with zero columns appended up to a multiple of ``multiple``: products whose inner or
     outer size is a multiple of the vector width run up to a third faster, and zeros change nothing."""
@@ -117,7 +120,10 @@ class MarginalLikelihood:
         tt = dict(dtype=dtype, device=self.device)
         self.weights = torch.as_tensor(weights, **tt)
         self.log_shift_weights = torch.as_tensor(np.log(np.asarray(shift_weights, dtype=np.float64)), **tt)
-        self.log_rot_weights = torch.as_tensor(rotations.log_weights, **tt)
+        # (Mb,) or (Mb, 8) per variant (a quadrature restricted to an asymmetric unit); a rotation outside
+        # the quadrature (-inf) gets LOG_ZERO, which the products carry without 0 * inf = nan
+        self.log_rot_weights = torch.as_tensor(np.maximum(rotations.log_weights, LOG_ZERO), **tt)
+        self.per_variant = self.log_rot_weights.dim() == 2
         freqs_t = torch.as_tensor(freqs, dtype=torch.float64)
         self.phases = phase_shifts(freqs_t, torch.as_tensor(self.shifts), box).to(self.device, self.cdtype)  # (S, P)
         self._freqs_cycles = (freqs_t / box)
@@ -208,9 +214,13 @@ class MarginalLikelihood:
         ones = torch.ones((mb, 1), dtype=self.dtype, device=self.device)
         ynorm = y.square().sum(-1)                                                         # (Mb, P)
         y = y.view(mb, -1)                                                                 # (Mb, 2P): (re, im) pairs
+        lw = self.log_rot_weights if self.per_variant else self.log_rot_weights[:, None]  # (Mb, 8) or (Mb, 1)
         if s == 1:  # one product: the norm term and the rotation weights ride along as extra columns
-            left = _pad_columns(torch.cat([cross, (-0.5 * inv2) * c2v, torch.ones_like(c2v[:, :1])], 1))
-            right = _pad_columns(torch.cat([y, ones, ynorm, self.log_rot_weights[:, None]], 1))  # (Mb, 3P+2+pad)
+            # per-variant weights: a one-hot of each row's variant (data side) picks its column of lw
+            pick = torch.eye(8, **dict(dtype=self.dtype, device=self.device)).repeat(b, 1) if self.per_variant \
+                else torch.ones_like(c2v[:, :1])                                           # (B8, 8) or (B8, 1)
+            left = _pad_columns(torch.cat([cross, (-0.5 * inv2) * c2v, pick], 1))
+            right = _pad_columns(torch.cat([y, ones, ynorm, lw], 1))                       # (Mb, 3P+2+pad)
             left = left.T.contiguous()                                                     # (3P+2+pad, B8)
 
             def scores(start, stop):
@@ -221,8 +231,8 @@ class MarginalLikelihood:
 
             def scores(start, stop):
                 sc = ycols[start:stop] @ cross_t                                           # (C, B8S)
-                nt = torch.addmm(self.log_rot_weights[start:stop, None], ynorm[start:stop], c2v_t,
-                                 alpha=-0.5 * inv2)                                        # (C, B8)
+                nt = torch.mm(ynorm[start:stop], c2v_t).mul_(-0.5 * inv2)                 # (C, B8)
+                nt.view(stop - start, b, -1).add_(lw[start:stop, None, :])                 # (C, B, 8): + log w_r
                 sc.view(stop - start, b * 8, s).add_(nt[:, :, None])
                 return sc
         return scores, cross, c2v

@@ -14,6 +14,11 @@ Given Lebedev directions (closed under inversion) and ``n_inplane`` divisible
 by 4, the base set is: one direction of each antipodal pair, times in-plane
 angles in ``[0, pi/2)``.  ``R = B T_v`` then runs over every direction and
 every in-plane angle exactly once.
+
+The beam direction ``R[:, 2]`` of ``B T_v`` is ``+B[:, 2]`` for ``v < 4`` and ``-B[:, 2]`` for
+``v >= 4``.  A weight may depend on the variant (``log_weights`` of shape ``(Mb, 8)``): a quadrature
+restricted to an asymmetric unit (:mod:`.asymmetric_unit`) keeps a base's variants of one beam sign
+and not the other's.
 """
 from __future__ import annotations
 
@@ -48,11 +53,21 @@ VARIANT_MATRICES = _variant_matrices()  # (8, 3, 3), exact integers
 @dataclass(frozen=True)
 class RotationSet:
     base: np.ndarray          # (Mb, 3, 3) base rotations
-    log_weights: np.ndarray   # (Mb,) log weight of each full rotation B T_v (same for all v)
+    log_weights: np.ndarray   # (Mb,) log weight of each full rotation B T_v (same for all v), or (Mb, 8)
+                              # per variant (-inf: the rotation is not in the quadrature)
 
     @property
     def size(self) -> int:
         return 8 * len(self.base)
+
+    def variant_log_weights(self) -> np.ndarray:
+        """``(Mb, 8)`` log weight of each full rotation ``B[b] T_v`` at ``[b, v]`` (they sum to 1)."""
+        w = np.asarray(self.log_weights, dtype=np.float64)
+        return np.repeat(w[:, None], 8, axis=1) if w.ndim == 1 else w
+
+    def subset(self, index) -> RotationSet:
+        """The base rotations ``index`` (integers or a boolean mask) with their weights, not renormalised."""
+        return RotationSet(self.base[index], np.asarray(self.log_weights)[index])
 
     def rotation(self, variant, base_index) -> np.ndarray:
         """Full rotation(s) ``B[base_index] @ T[variant]``: ``(..., 3, 3)``."""
@@ -61,7 +76,7 @@ class RotationSet:
     def all_rotations(self) -> tuple[np.ndarray, np.ndarray]:
         """``(8 * Mb, 3, 3)`` rotations (variant-major) and their ``(8 * Mb,)`` weights (sum 1)."""
         rots = np.einsum("bij,vjk->vbik", self.base, VARIANT_MATRICES).reshape(-1, 3, 3)
-        return rots, np.tile(np.exp(self.log_weights), 8)
+        return rots, np.exp(self.variant_log_weights().T).reshape(-1)
 
 
 def build_rotation_set(directions: np.ndarray, direction_weights: np.ndarray, n_inplane: int) -> RotationSet:

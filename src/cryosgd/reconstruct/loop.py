@@ -27,6 +27,7 @@ from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .dataset import initial_density, load_dataset, particle_diameter_px
 from .schedule import band_schedule, build_kernel, check_resolution
 from .settings import Settings
+from .symmetric import check_symmetry, symmetrise_tensor
 from .tuning import probe_rate, tune_rate
 
 __all__ = ["reconstruct", "Reconstruction", "Diverged", "centre_density"]
@@ -100,6 +101,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if not (value >= 0 and math.isfinite(value)):
             raise InputError(particles.source, f"--{key.replace('_', '-')} {value:g} is not a non-negative number")
     check_resolution(settings, particles)
+    check_symmetry(settings.symmetry)
     dataset = load_dataset(particles, test_size=settings.test_size, seed=settings.seed,
                            diameter_A=settings.particle_diameter, noise_std=settings.noise_std,
                            invert_contrast=settings.invert_contrast)
@@ -151,8 +153,8 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         raise InputError(ckpt_path, "the checkpoint was written with other settings; remove it or use them")
 
     if state is None:
-        volume = project_constraints(initial_density(box, dataset, seed=settings.seed,
-                                                     diameter_A=settings.particle_diameter).to(device))
+        start = initial_density(box, dataset, seed=settings.seed, diameter_A=settings.particle_diameter).to(device)
+        volume = project_constraints(symmetrise_tensor(start, settings.symmetry))  # C1: unchanged
         lr = settings.learning_rate
         if lr is None and settings.tune_rate:
             lr = tune_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints,
@@ -296,6 +298,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if stop_after is not None and step >= stop_after and step < n_steps:
             break
     prefetch.close()
+    volume = symmetrise_tensor(volume, settings.symmetry)  # once, what interpolation left (C1: unchanged)
     snapshots_np = {k: v.cpu().numpy() for k, v in snapshots.items()}
     snapshots_np["final"] = volume.cpu().numpy()
     final_kernel = kernel_for(band_at(max(step - 1, 0)))

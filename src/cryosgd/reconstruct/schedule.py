@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from ..fourier import band_limit_px, nyquist_fraction_px, resolution_A
+from ..inference.asymmetric_unit import restrict_to_asymmetric_unit
 from ..inference.likelihood import MarginalLikelihood
 from ..inference.quadrature import (
     LEBEDEV_POINTS,
@@ -22,6 +23,7 @@ from ..inference.search import PrunedLikelihood
 from ..io import InputError, ParticleSet
 from ..runtime.device import resolve_device, resolve_precision
 from .settings import Settings
+from .symmetric import SymmetricKernel
 
 __all__ = ["target_resolution", "shift_range_px", "check_resolution", "band_schedule", "build_kernel", "SEARCHES",
            "DEFAULT_TARGET_A", "DEFAULT_START_A", "MAX_SHIFT_FRACTION", "EXHAUSTIVE_POSES"]
@@ -98,19 +100,25 @@ def build_kernel(band_limit: float, box: int, pixel_size: float, settings: Setti
     the exhaustive :class:`MarginalLikelihood`, or the coarse-to-fine
     :class:`~cryosgd.inference.search.PrunedLikelihood` (the same interface; ``docs/search.md``).
     ``search="auto"`` takes the exhaustive kernel while an image has at most :data:`EXHAUSTIVE_POSES`
-    poses (rotations x shifts), the pruned one above."""
+    poses (rotations x shifts), the pruned one above.  With ``symmetry`` other than C1 the quadrature
+    covers one asymmetric unit and the kernel's gradient is symmetrised (:class:`.symmetric.SymmetricKernel`)."""
+    group = None if settings.symmetry.strip().upper() == "C1" else settings.symmetry
     if settings.search not in SEARCHES:
         raise InputError("--search", f"unknown search {settings.search!r}; choose {', '.join(SEARCHES)}")
     device = resolve_device(settings.device)
     dtype, tf32 = resolve_precision(settings.precision, device)
     max_shift = shift_range_px(settings, box)
     q = choose_quadrature(band_limit, box, max_shift=max_shift)
+    rs = rotation_set_for_band(band_limit, q.n_inplane)
+    if group is not None:
+        rs = restrict_to_asymmetric_unit(rs, group)
     search = settings.search
     if search == "auto":
-        search = "exhaustive" if len(q.rotations) * len(q.shifts) <= EXHAUSTIVE_POSES else "pruned"
+        search = "exhaustive" if rs.size * len(q.shifts) <= EXHAUSTIVE_POSES else "pruned"
     if search == "pruned":
-        return PrunedLikelihood(box, pixel_size, band_limit, max_shift=max_shift, noise_std=1.0, dtype=dtype,
-                                device=device, memory_budget=settings.memory_budget, tf32=tf32)
-    rs = rotation_set_for_band(band_limit, q.n_inplane)
-    return MarginalLikelihood(box, pixel_size, band_limit, rs, q.shifts, q.shift_weights, noise_std=1.0,
-                              dtype=dtype, device=device, memory_budget=settings.memory_budget, tf32=tf32)
+        kern = PrunedLikelihood(box, pixel_size, band_limit, max_shift=max_shift, noise_std=1.0, dtype=dtype,
+                                device=device, memory_budget=settings.memory_budget, tf32=tf32, symmetry=group)
+    else:
+        kern = MarginalLikelihood(box, pixel_size, band_limit, rs, q.shifts, q.shift_weights, noise_std=1.0,
+                                  dtype=dtype, device=device, memory_budget=settings.memory_budget, tf32=tf32)
+    return kern if group is None else SymmetricKernel(kern, group)

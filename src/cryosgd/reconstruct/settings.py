@@ -43,6 +43,8 @@ class Settings:
     device: str = "cpu"
     precision: str = "auto"                 # auto | float32 | tf32 | float64 (see resolve_precision)
     invert_contrast: str = "auto"           # yes | no | auto: from the images (inference/contrast.py)
+    symmetry: str = "C1"                    # point group (C<n>, D<n>, T, O, I): quadrature over one asymmetric
+                                            # unit, symmetric density (reconstruct/symmetric.py)
 
     @classmethod
     def paper(cls, **kw) -> Settings:
