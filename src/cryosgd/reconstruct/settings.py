@@ -42,6 +42,9 @@ class Settings:
     device: str = "cpu"
     precision: str = "auto"                 # auto | float32 | tf32 | float64 (see resolve_precision)
     invert_contrast: str = "auto"           # yes | no | auto: from the images (inference/contrast.py)
+    # two half-sets from one shared low-resolution start, and their FSC (halves.py); off by default: it
+    # costs about 1.5x the work of one run and each half map sees only half the images
+    gold_standard: bool = False
 
     @classmethod
     def paper(cls, **kw) -> Settings:
