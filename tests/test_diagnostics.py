@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cryosgd.forward.simulate import draw_ctfs, simulate_particles
+from cryosgd.fourier import soft_mask
 from cryosgd.inference.objective import Objective
 from cryosgd.inference.prior import DensityPrior
 from cryosgd.io import load_particles
@@ -83,9 +84,14 @@ def test_the_true_map_beats_the_sphere_and_the_sphere_does_not(held_out):
     truth = torch.as_tensor(sim.volume, dtype=torch.float32)
     good = sphere_baseline(objective, truth, batch, total=150, radius_px=RADIUS, images=sim.images)
     assert good["advantage"] > 3 * good["advantage_se"] > 0
-    assert good["relative_advantage"] > 2 * THRESHOLDS["sphere_relative_advantage"]
+    assert good["relative_advantage"] > THRESHOLDS["sphere_relative_advantage"] + 0.1
     assert good["empty_test_nll"] > good["sphere_test_nll"] > good["map_test_nll"]
-    # a sphere as the map: it cannot beat the best-scaled sphere
-    sphere = torch.as_tensor(ball(RADIUS), dtype=torch.float32) * float(sim.volume.sum() / ball(RADIUS).sum())
-    blob = sphere_baseline(objective, sphere, batch, total=150, radius_px=RADIUS, images=sim.images)
-    assert blob["relative_advantage"] < THRESHOLDS["sphere_relative_advantage"]
+    # the same sphere as the map, at the scale a fine scan finds best: the baseline's own search must
+    # find as good a scale, so that the map gains (nearly) nothing over it
+    sphere = soft_mask(BOX, RADIUS, width=2.0, dtype=torch.float32)
+    scales = good["sphere_scale"] * 2.0 ** np.linspace(-2, 2, 17)
+    nll = [float(objective.likelihood(sphere * s, batch, gradient=False, poses=False).log_likelihood.sum())
+           for s in scales]
+    best = sphere * float(scales[int(np.argmax(nll))])
+    blob = sphere_baseline(objective, best, batch, total=150, radius_px=RADIUS, images=sim.images)
+    assert abs(blob["relative_advantage"]) < 0.05  # measured: 0.023 (one parabola step from a 2x grid)

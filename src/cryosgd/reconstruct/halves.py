@@ -131,7 +131,5 @@ def half_map_resolution(curve: np.ndarray, band_limit: float, box: int, pixel_si
     """Å where the half maps' FSC first falls below 0.143 within the band limit (Fourier pixels); the band
     limit's resolution when it stays above.  Beyond the band limit the halves hold only what positivity
     and the mask make of their shared low frequencies, not information from their images."""
-    last = min(int(np.floor(band_limit)), len(curve) - 1)
-    within = resolution_at(curve[:last + 1], box, pixel_size, 0.143)
-    return max(within, resolution_A(band_limit, box, pixel_size))
+    return max(resolution_at(curve, box, pixel_size, 0.143), resolution_A(band_limit, box, pixel_size))
 
