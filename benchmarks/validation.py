@@ -2,7 +2,7 @@
 
     python benchmarks/validation.py warnings -o /tmp/val_warn    # runs: sets x seeds, one JSON line each
     python benchmarks/validation.py halves -o /tmp/val_half      # gold-standard runs on two models
-    python benchmarks/validation.py table /tmp/val_warn/runs.jsonl [/tmp/val_half/runs.jsonl]
+    python benchmarks/validation.py table /tmp/val_warn/runs.jsonl /tmp/val_half/runs.jsonl --calibration 13,5
 
 Every set is simulated here from the shipped models (tests/data) with CTFs drawn from the shipped
 EMPIAR-10026 table, 32 px at 6 Å/px, particles off-centre by a Gaussian of sigma 2 px, searched
@@ -39,7 +39,13 @@ SETS = {
     "inverted": ("5fuu.pdb.gz", N, 0.05, "invert", {"invert_contrast": "no"}),
     "too_few": ("5fuu.pdb.gz", 220, 0.05, None, {}),
     "snr_too_low": ("5fuu.pdb.gz", N, 0.002, None, {}),
+    # the half-sets study at a finer target (36 Å, band 5.3 px), where the shared start (64 Å) leaves
+    # the halves two Fourier pixels of their own
+    "5fuu_36A": ("5fuu.pdb.gz", N, 0.05, None, {"resolution": 36.0}),
+    "8zpm_36A": ("8zpm.cif.gz", N, 0.05, None, {"resolution": 36.0}),
 }
+
+WARNING_SETS = ["5fuu", "8zpm", "coarse_band", "pure_noise", "inverted", "too_few", "snr_too_low"]
 
 
 def simulate(name: str, folder: Path, seed: int):
@@ -47,7 +53,7 @@ def simulate(name: str, folder: Path, seed: int):
     from cryosgd.simulation import simulate_dataset, write_dataset
 
     model, n, snr, transform, _ = SETS[name]
-    out = folder / f"{name}_s{seed}"
+    out = folder / f"{name.removesuffix('_36A')}_s{seed}"  # the 36-Å sets reuse the 48-Å sets' particles
     if not (out / "particles.star").is_file():
         paths, sim = simulate_dataset(DATA / model, out, n=n, box=BOX, pixel_size=APIX, snr=snr,
                                       ctf_from=DATA / "empiar10026_ctf.star", shift_sigma=SHIFT_SIGMA, seed=100 + seed)
@@ -116,37 +122,54 @@ def run_study(kind: str, out: Path, seeds, names) -> None:
                   f"warnings={row['warnings']} {row['wall_s']:.0f} s", flush=True)
 
 
-def table(paths) -> None:
+def _detectors():
     from cryosgd.reconstruct.diagnostics import THRESHOLDS as T
 
-    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines()]
+    return {"blob": lambda m: m["spherical_correlation"] > T["blob_spherical_correlation"],
+            "sphere_nll": lambda m: m["sphere_relative_advantage"] < T["sphere_relative_advantage"],
+            "collapse": lambda m: m["collapse_residual"] < T["collapse_residual"],
+            "half_maps": lambda m: "half_map_ratio" in m and m["half_map_ratio"] > T["half_map_ratio"]}
+
+
+def _confusion(rows, title: str) -> None:
+    tests = _detectors()
+    print(f"\n{title}\n")
+    print("| warning | runs | warned & failed | warned & succeeded | silent & failed | silent & succeeded |")
+    print("|---|---|---|---|---|---|")
+    for name in list(tests) + ["any"]:
+        use = [r for r in rows if name != "half_maps" or "half_map_ratio" in r["metrics"]]
+        fired = [any(t(r["metrics"]) for t in tests.values()) if name == "any" else tests[name](r["metrics"])
+                 for r in use]
+        ok = [r["success"] for r in use]
+        c = [sum(f and not s for f, s in zip(fired, ok)), sum(f and s for f, s in zip(fired, ok)),
+             sum((not f) and (not s) for f, s in zip(fired, ok)), sum((not f) and s for f, s in zip(fired, ok))]
+        print(f"| {name} | {len(use)} | {c[0]} | {c[1]} | {c[2]} | {c[3]} |")
+
+
+def table(paths, calibration=None) -> None:
+    """The runs with their numbers and the warnings the current thresholds give; the confusion counts,
+    over all runs and over those after the first ``calibration[i]`` lines of each file (the runs the
+    thresholds were not chosen from)."""
+    tests = _detectors()
+    rows, later = [], []
+    for i, p in enumerate(paths):
+        lines = [json.loads(line) for line in Path(p).read_text().splitlines()]
+        rows += lines
+        if calibration:
+            later += lines[calibration[i]:]
     print("| set | seed | gold std | FSC 0.5 vs truth (Å) | outcome | spherical corr | sphere rel. advantage | "
           "collapse residual (group) | half-map ratio | warnings |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["metrics"]
+        kinds = [k for k, t in tests.items() if t(m)]
         print(f"| {r['set']} | {r['seed']} | {'yes' if r['gold_standard'] else 'no'} | {r['fsc05_A']:.1f} | "
               f"{'success' if r['success'] else 'FAIL'} | {m['spherical_correlation']:.3f} | "
               f"{m['sphere_relative_advantage']:.3f} | {m['collapse_residual']:.3f} ({m['collapse_group']}) | "
-              f"{m.get('half_map_ratio', float('nan')):.2f} | {', '.join(r['warnings']) or '-'} |")
-    tests = {"blob": lambda m: m["spherical_correlation"] > T["blob_spherical_correlation"],
-             "sphere_nll": lambda m: m["sphere_relative_advantage"] < T["sphere_relative_advantage"],
-             "collapse": lambda m: m["collapse_residual"] < T["collapse_residual"],
-             "half_maps": lambda m: m.get("half_map_ratio", 0.0) > T["half_map_ratio"],
-             "any": None}
-    print("\n| warning | runs | warned & failed | warned & succeeded | silent & failed | silent & succeeded |")
-    print("|---|---|---|---|---|---|")
-    for name, test in tests.items():
-        use = [r for r in rows if name != "half_maps" or "half_map_ratio" in r["metrics"]]
-        if test is None:
-            fired = [any(t(r["metrics"]) for k, t in tests.items() if t is not None and (
-                k != "half_maps" or "half_map_ratio" in r["metrics"])) for r in use]
-        else:
-            fired = [test(r["metrics"]) for r in use]
-        ok = [r["success"] for r in use]
-        c = [sum(f and not s for f, s in zip(fired, ok)), sum(f and s for f, s in zip(fired, ok)),
-             sum((not f) and (not s) for f, s in zip(fired, ok)), sum((not f) and s for f, s in zip(fired, ok))]
-        print(f"| {name} | {len(use)} | {c[0]} | {c[1]} | {c[2]} | {c[3]} |")
+              f"{m.get('half_map_ratio', float('nan')):.2f} | {', '.join(kinds) or '-'} |")
+    _confusion(rows, f"All {len(rows)} runs:")
+    if calibration:
+        _confusion(later, f"The {len(later)} runs the thresholds were not chosen from:")
     gold = [r for r in rows if r["gold_standard"]]
     if gold:
         print("\n| set | seed | gold-standard res. (Å) | FSC 0.143 vs truth (Å) | ratio | within 1.5x |")
@@ -164,11 +187,13 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--output", type=Path)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--sets", help="comma-separated (default: all for warnings; 5fuu,8zpm for halves)")
+    p.add_argument("--calibration", help="table: comma-separated counts, the first runs of each file that the "
+                                         "thresholds were chosen from")
     args = p.parse_args(argv)
     if args.study == "table":
-        table(args.paths)
+        table(args.paths, [int(c) for c in args.calibration.split(",")] if args.calibration else None)
         return 0
-    names = args.sets.split(",") if args.sets else (list(SETS) if args.study == "warnings" else ["5fuu", "8zpm"])
+    names = args.sets.split(",") if args.sets else (WARNING_SETS if args.study == "warnings" else ["5fuu", "8zpm"])
     run_study(args.study, args.output, [int(s) for s in args.seeds.split(",")], names)
     return 0
 
