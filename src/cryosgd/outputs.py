@@ -210,10 +210,13 @@ def write_gold_standard_outputs(outdir: Path, gs, particles: ParticleSet, *, pos
     write_map(outdir / "map_half1.mrc", gs.half1.volume.astype(np.float32), apix)
     write_map(outdir / "map_half2.mrc", gs.half2_aligned.astype(np.float32), apix)
     _write_half_sets(outdir / "half_sets.csv", gs.labels)
-    curves = {"half 1 vs half 2 (masked)": gs.curve}
+    half = "half 1 vs half 2 (masked; 0.143 within the band)"
+    curves = {half: gs.curve}
     if reference is not None:
-        curves["map vs reference (aligned)"] = compare_maps(rec.volume, reference, pixel_size=apix, align=True).curve
-    plot_fsc_curves(outdir / "fsc_halves.png", curves, box=box, pixel_size=apix, band_limit=rec.band_limit)
+        curves["map vs reference (aligned; 0.143)"] = compare_maps(rec.volume, reference, pixel_size=apix,
+                                                                   align=True).curve
+    plot_fsc_curves(outdir / "fsc_halves.png", curves, box=box, pixel_size=apix, band_limit=rec.band_limit,
+                    resolutions={half: gs.resolution})
     band_A = resolution_A(rec.band_limit, box, apix)
     a = gs.alignment
     extra = {"gold_standard_resolution_A": gs.resolution, "gold_standard_mask_radius_px": gs.mask_radius_px,

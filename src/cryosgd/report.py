@@ -145,16 +145,19 @@ def plot_fsc(path, comparison, band_limit: float | None = None) -> None:
     _save(fig, path)
 
 
-def plot_fsc_curves(path, curves: dict, *, box: int, pixel_size: float, band_limit: float | None = None) -> None:
+def plot_fsc_curves(path, curves: dict, *, box: int, pixel_size: float, band_limit: float | None = None,
+                    resolutions: dict | None = None) -> None:
     """Several FSC curves (name -> per-shell values 0 .. N//2) on one plot, with the 0.5 and 0.143 lines
-    and each curve's resolution at 0.143 in its label."""
+    and each curve's resolution in its label: ``resolutions[name]`` (Å) where given, else where it
+    first falls below 0.143."""
     from .evaluate import resolution_at
 
     fig, ax = _subplots(figsize=(6, 4))
     freq = None
     for name, curve in curves.items():
         freq = np.arange(len(curve)) / (box * pixel_size)  # 1/Å
-        label = f"{name}: {resolution_at(curve, box, pixel_size, 0.143):.1f} Å at 0.143"
+        res = (resolutions or {}).get(name, resolution_at(curve, box, pixel_size, 0.143))
+        label = f"{name}: {res:.1f} Å"
         ax.plot(freq, curve, marker=".", label=label)
     for t in (0.5, 0.143):
         ax.axhline(t, color="gray", ls="--", lw=0.8)
