@@ -43,7 +43,7 @@ class Settings:
     precision: str = "auto"                 # auto | float32 | tf32 | float64 (see resolve_precision)
     invert_contrast: str = "auto"           # yes | no | auto: from the images (inference/contrast.py)
     # two half-sets from one shared low-resolution start, and their FSC (halves.py); off by default: it
-    # costs about 1.5x the work of one run and each half map sees only half the images
+    # takes about twice the time of one run and each half map sees only half the images
     gold_standard: bool = False
 
     @classmethod
