@@ -56,3 +56,33 @@ def test_gold_standard_resolution_matches_the_truth(tmp_path, test_data):
     assert against_truth.resolution_05 < 60.0  # the map is right (the truth's spherical average: 73 Å)
     assert 1 / 1.5 < gs.resolution / against_truth.resolution_0143 < 1.5
     assert not gs.alignment.mirror and gs.alignment.correlation > 0.9  # the halves came out close
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_killed_gold_standard_run_resumes_to_the_same_maps(tmp_path, test_data):
+    paths, _ = simulate_dataset(test_data / "5fuu.pdb.gz", tmp_path / "sim", n=300, box=32, pixel_size=6.0,
+                                snr=0.05, ctf_from=test_data / "empiar10026_ctf.star", seed=4)
+    particles = load_particles(paths.particles)
+    settings = Settings(epochs=1.0, batch_size=20, test_size=30, learning_rate=0.5, evaluations=2, seed=2,
+                        checkpoint_every=0.0, gold_standard=True)
+    whole = gold_standard(particles, settings)
+
+    def kill_in_half2(stage, done, total, info):
+        if stage == "half2" and done == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        gold_standard(particles, settings, checkpoint_dir=tmp_path / "run", progress=kill_in_half2)
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {"checkpoint_start.pt", "checkpoint_half1.pt",
+                                                             "checkpoint_half2.pt"}
+    steps = []
+    resumed = gold_standard(particles, settings, checkpoint_dir=tmp_path / "run",
+                            progress=lambda stage, done, total, info: steps.append((stage, done)))
+    assert steps[0] == ("half2", 3)  # the start and half 1 were finished; half 2 goes on from its step 2
+    for a, b in ((whole.half1, resumed.half1), (whole.half2, resumed.half2)):
+        np.testing.assert_allclose(b.volume, a.volume, rtol=0, atol=1e-5 * np.abs(a.volume).max())
+    assert resumed.resolution == whole.resolution
