@@ -219,7 +219,10 @@ def write_gold_standard_outputs(outdir: Path, gs, particles: ParticleSet, *, pos
                     resolutions={half: gs.resolution})
     band_A = resolution_A(rec.band_limit, box, apix)
     a = gs.alignment
-    extra = {"gold_standard_resolution_A": gs.resolution, "gold_standard_mask_radius_px": gs.mask_radius_px,
+    extra = {"gold_standard_resolution_A": gs.resolution,
+             "gold_standard_mask": f"soft sphere of the particle diameter ({2 * gs.mask_radius_px:.1f} px), "
+                                   "raised-cosine edge 3 px; FSC 0.143 read within the band limit",
+             "gold_standard_mask_radius_px": gs.mask_radius_px,
              "half_sets": {"seed": rec.settings.seed,
                            "sizes": [int((gs.labels == 1).sum()), int((gs.labels == 2).sum())]},
              "half_alignment": {"mirrored": bool(a.mirror), "shift_px": np.round(a.shift, 3).tolist(),
