@@ -3,6 +3,7 @@ table and figures; projection matching's map, poses and log."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,42 @@ from .evaluate import compare_maps
 from .fourier import resolution_A
 from .io import ParticleSet, write_map, write_particles_star
 from .reconstruct import Reconstruction
-from .report import plot_compare_nll, plot_fsc, plot_montage, plot_nll, plot_views, write_log_csv, write_report
+from .reconstruct.dataset import particle_diameter_px
+from .report import (
+    plot_compare_nll,
+    plot_fsc,
+    plot_fsc_curves,
+    plot_montage,
+    plot_nll,
+    plot_views,
+    write_log_csv,
+    write_report,
+)
 
-__all__ = ["reconstruct_and_write", "write_outputs", "comparison_table", "write_comparison", "write_projmatch_outputs"]
+__all__ = ["reconstruct_and_write", "write_outputs", "write_gold_standard_outputs",
+           "diagnose_run", "comparison_table", "write_comparison", "write_projmatch_outputs"]
+
+
+def diagnose_run(rec: Reconstruction, box: int, *, baselines=None, gold_standard_A: float | None = None):
+    """The failure warnings (:func:`cryosgd.reconstruct.diagnose`) of a finished run's map."""
+    from .reconstruct import diagnose
+
+    radius = 0.5 * particle_diameter_px(box, rec.pixel_size, rec.settings.particle_diameter)
+    if baselines is None:
+        baselines = [rec.baseline] if rec.baseline else []
+    band_A = resolution_A(rec.band_limit, box, rec.pixel_size)
+    return diagnose(rec.volume, pixel_size=rec.pixel_size, band_limit_A=band_A, radius_px=radius, baselines=baselines,
+                    gold_standard_A=gold_standard_A)
 
 
 def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, poses=None,
-                  reference: np.ndarray | None = None, reference_name: str = "") -> dict:
+                  reference: np.ndarray | None = None, reference_name: str = "", diagnosis=None,
+                  extra_summary: dict | None = None, extra_sections=(), star_columns: dict | None = None) -> dict:
     """Write ``map.mrc``, ``particles.star`` (with ``poses``), ``log.csv``, PNGs and ``report.md``.
 
+    ``diagnosis``: the failure warnings (default: :func:`diagnose_run`), each also issued as a Python
+    warning (the command line prints one line each).  ``extra_summary``, ``extra_sections`` and
+    ``star_columns`` add to summary.json, report.md and particles.star.
     Returns a summary dict (also written as ``summary.json``).
     """
     outdir = Path(outdir)
@@ -28,7 +56,7 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
     write_map(outdir / "map.mrc", rec.volume.astype(np.float32), apix)
     if poses is not None:
         rots, shifts, _ = poses
-        write_particles_star(outdir / "particles.star", particles.with_poses(rots, shifts))
+        write_particles_star(outdir / "particles.star", particles.with_poses(rots, shifts), star_columns)
     write_log_csv(outdir / "log.csv", rec.log)
     plot_nll(outdir / "nll.png", rec.log, title=f"{rec.settings.optimizer}: held-out images")
     views = {k if isinstance(k, str) else f"{k} grads": v for k, v in rec.snapshots.items()}
@@ -45,11 +73,19 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
         "slicing_operator_bytes": rec.operator_bytes, "rejected_steps": len(rec.rejected),
         "symmetry": rec.settings.symmetry,
     }
-    sections = [("Run", "\n".join(f"- {k}: {v}" for k, v in summary.items())),
+    summary.update(extra_summary or {})
+    diagnosis = diagnose_run(rec, particles.box) if diagnosis is None else diagnosis
+    summary.update({"warnings": list(diagnosis.warnings), "diagnostics": diagnosis.metrics,
+                    "sphere_baseline": rec.baseline})
+    for line in diagnosis.warnings:
+        warnings.warn(line, stacklevel=2)
+    run_keys = [k for k in summary if k not in ("warnings", "diagnostics", "sphere_baseline")]
+    sections = [("Run", "\n".join(f"- {k}: {summary[k]}" for k in run_keys)),
+                ("Warnings", _warnings_text(diagnosis, rec.baseline)),
                 ("Divergence guard", _guard_text(rec)),
                 ("Held-out negative log-likelihood", "![test NLL](nll.png)"),
                 ("Map", "Central slices and projections of the density at the snapshots.\n\n"
-                        "![map](snapshots.png)")]
+                        "![map](snapshots.png)")] + list(extra_sections)
     if reference is not None:
         cmp = compare_maps(rec.volume, reference, pixel_size=apix, align=True, map_name="map.mrc",
                            reference_name=reference_name)
@@ -67,6 +103,17 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
     write_report(outdir / "report.md", f"cryosgd reconstruction: {particles.source.name}", sections)
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def _warnings_text(diagnosis, baseline: dict) -> str:
+    lines = ([f"- {w}" for w in diagnosis.warnings] if diagnosis.warnings else
+             ["None: no detector found the map probably wrong."])
+    lines += ["", "The detectors' numbers (thresholds in `cryosgd.reconstruct.diagnostics.THRESHOLDS`):", ""]
+    lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in diagnosis.metrics.items()]
+    if baseline:
+        lines.append(f"- held-out NLL: map {baseline['map_test_nll']:.3f}, best-scaled uniform sphere "
+                     f"{baseline['sphere_test_nll']:.3f}, empty map {baseline['empty_test_nll']:.3f} nats/image")
+    return "\n".join(lines)
 
 
 def _guard_text(rec: Reconstruction) -> str:
@@ -132,9 +179,76 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
     from .reconstruct import assign_poses, reconstruct
     from .runtime import parallel
 
+    if getattr(settings, "gold_standard", False):
+        from .reconstruct import gold_standard
+
+        staged = None if progress is None else (lambda stage, done, total, info: progress(done, total, info))
+        gs = gold_standard(particles, settings, checkpoint_dir=outdir, progress=staged)
+        rec = gs.combined()
+        poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
+        if not parallel.is_main():
+            return {}, rec
+        return write_gold_standard_outputs(outdir, gs, particles, poses=poses, reference=reference,
+                                           reference_name=reference_name), rec
     rec = reconstruct(particles, settings, checkpoint=Path(outdir) / "checkpoint.pt", progress=progress)
     poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
     if not parallel.is_main():
         return {}, rec
     return write_outputs(outdir, rec, particles, poses=poses, reference=reference,
                          reference_name=reference_name), rec
+
+
+def write_gold_standard_outputs(outdir: Path, gs, particles: ParticleSet, *, poses=None,
+                                reference: np.ndarray | None = None, reference_name: str = "") -> dict:
+    """A gold-standard run's outputs (:class:`cryosgd.reconstruct.GoldStandard`): ``map_half1.mrc``,
+    ``map_half2.mrc`` (half 2 aligned onto half 1), ``fsc_halves.png`` (the half maps' FSC, and with a
+    reference the map's FSC against it), ``half_sets.csv`` (each particle's half, also ``rlnRandomSubset``
+    in particles.star), and everything :func:`write_outputs` writes for the average map."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    apix, box = particles.pixel_size, particles.box
+    rec = gs.combined()
+    write_map(outdir / "map_half1.mrc", gs.half1.volume.astype(np.float32), apix)
+    write_map(outdir / "map_half2.mrc", gs.half2_aligned.astype(np.float32), apix)
+    _write_half_sets(outdir / "half_sets.csv", gs.labels)
+    half = "half 1 vs half 2 (masked; 0.143 within the band)"
+    curves = {half: gs.curve}
+    if reference is not None:
+        curves["map vs reference (aligned; 0.143)"] = compare_maps(rec.volume, reference, pixel_size=apix,
+                                                                   align=True).curve
+    plot_fsc_curves(outdir / "fsc_halves.png", curves, box=box, pixel_size=apix, band_limit=rec.band_limit,
+                    resolutions={half: gs.resolution})
+    band_A = resolution_A(rec.band_limit, box, apix)
+    a = gs.alignment
+    extra = {"gold_standard_resolution_A": gs.resolution,
+             "gold_standard_mask": f"soft sphere of the particle diameter ({2 * gs.mask_radius_px:.1f} px), "
+                                   "raised-cosine edge 3 px; FSC 0.143 read within the band limit",
+             "gold_standard_mask_radius_px": gs.mask_radius_px,
+             "half_sets": {"seed": rec.settings.seed,
+                           "sizes": [int((gs.labels == 1).sum()), int((gs.labels == 2).sum())]},
+             "half_alignment": {"mirrored": bool(a.mirror), "shift_px": np.round(a.shift, 3).tolist(),
+                                "correlation": round(float(a.correlation), 4)},
+             "start_band_limit_resolution_A": resolution_A(gs.start.band_limit, box, apix),
+             "half_final_test_nll": [gs.half1.baseline.get("map_test_nll"), gs.half2.baseline.get("map_test_nll")]}
+    sizes = extra["half_sets"]["sizes"]
+    text = (f"The particles were split at random (seed {rec.settings.seed}) into halves of {sizes[0]} and "
+            f"{sizes[1]}; both halves continued from one shared start reconstructed from all particles at "
+            f"{extra['start_band_limit_resolution_A']:.1f} Å and low-passed there. Half 2 was aligned onto "
+            f"half 1 (mirrored: {a.mirror}, shift {np.round(a.shift, 2).tolist()} px, "
+            f"correlation {a.correlation:.3f}). "
+            f"FSC between the half maps under a soft spherical mask of the particle's diameter "
+            f"({2 * gs.mask_radius_px:.1f} px): **{gs.resolution:.1f} Å at 0.143** (band limit {band_A:.1f} Å). "
+            "map.mrc is the average of the aligned halves.\n\n![half-map FSC](fsc_halves.png)")
+    diagnosis = diagnose_run(rec, box, baselines=[b for b in (gs.half1.baseline, gs.half2.baseline) if b],
+                             gold_standard_A=gs.resolution)
+    return write_outputs(outdir, rec, particles, poses=poses, reference=reference, reference_name=reference_name,
+                         diagnosis=diagnosis, extra_summary=extra, extra_sections=[("Gold standard", text)],
+                         star_columns={"rlnRandomSubset": gs.labels})
+
+
+def _write_half_sets(path: Path, labels: np.ndarray) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text("index,half\n" + "".join(f"{i},{int(h)}\n" for i, h in enumerate(labels)))
+    os.replace(tmp, path)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["map_views", "plot_nll", "plot_fsc", "plot_views", "plot_montage", "write_log_csv", "write_report",
+__all__ = ["map_views", "plot_nll", "plot_fsc", "plot_fsc_curves",
+           "plot_views", "plot_montage", "write_log_csv", "write_report",
            "plot_compare_nll"]
 
 
@@ -143,6 +144,32 @@ def plot_fsc(path, comparison, band_limit: float | None = None) -> None:
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
     ax.set_title(f"FSC: {comparison.resolution_05:.1f} Å at 0.5, {comparison.resolution_0143:.1f} Å at 0.143")
+    ax.set_ylim(-0.1, 1.05)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_fsc_curves(path, curves: dict, *, box: int, pixel_size: float, band_limit: float | None = None,
+                    resolutions: dict | None = None) -> None:
+    """Several FSC curves (name -> per-shell values 0 .. N//2) on one plot, with the 0.5 and 0.143 lines
+    and each curve's resolution in its label: ``resolutions[name]`` (Å) where given, else where it
+    first falls below 0.143."""
+    from .evaluate import resolution_at
+
+    fig, ax = _subplots(figsize=(6, 4))
+    freq = None
+    for name, curve in curves.items():
+        freq = np.arange(len(curve)) / (box * pixel_size)  # 1/Å
+        res = (resolutions or {}).get(name, resolution_at(curve, box, pixel_size, 0.143))
+        label = f"{name}: {res:.1f} Å"
+        ax.plot(freq, curve, marker=".", label=label)
+    for t in (0.5, 0.143):
+        ax.axhline(t, color="gray", ls="--", lw=0.8)
+    if band_limit:
+        ax.axvline(band_limit / (box * pixel_size), color="C3", lw=0.8, label="band limit")
+    ax.legend(fontsize=8)
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.05)
     ax.grid(alpha=0.3)
     _save(fig, path)

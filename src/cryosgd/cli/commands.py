@@ -59,7 +59,7 @@ def _cmd_symmetry(args) -> None:
 
 RUN_FIELDS = ("epochs", "resolution", "seed", "max_shift", "search", "learning_rate", "test_size", "device",
               "precision", "checkpoint_every", "particle_diameter", "lambda_plus", "lambda_minus", "invert_contrast",
-              "tune_rate", "symmetry")
+              "tune_rate", "symmetry", "gold_standard")
 SWITCHES = ("paper", "no_marching", "no_positivity", "no_mask", "no_centring")
 
 
@@ -109,6 +109,8 @@ def _cmd_reconstruct(args) -> None:
         return
     msg = (f"wrote {out / 'map.mrc'} ({summary['band_limit_resolution_A']:.1f} Å band limit, "
            f"{summary['wall_seconds']:.0f} s)")
+    if "gold_standard_resolution_A" in summary:
+        msg += f"; half maps agree to {summary['gold_standard_resolution_A']:.1f} Å at FSC 0.143"
     if "fsc_0.5_A" in summary:
         msg += f"; FSC vs reference: {summary['fsc_0.5_A']:.1f} Å at 0.5, {summary['fsc_0.143_A']:.1f} Å at 0.143"
     from ..runtime.memory import format_bytes

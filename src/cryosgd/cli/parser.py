@@ -43,6 +43,10 @@ def _add_run_options(p, *, epochs=1.0) -> None:
                                                      "the paper used 3e-2 on real data)")
     p.add_argument("--lambda-minus", type=float, help="prior rate on negative voxels, exp(-λ- |v|) (default 1e-4)")
     p.add_argument("--no-marching", action="store_true", help="fixed band limit")
+    p.add_argument("--gold-standard", action="store_true",
+                   help="split the particles into two random halves, reconstruct each from one shared "
+                        "low-resolution start, and report the resolution where the half maps' FSC falls below "
+                        "0.143 (map_half1.mrc, map_half2.mrc; map.mrc is their average; about twice the time)")
     p.add_argument("--invert-contrast", choices=CONTRAST_CHOICES, default="auto",
                    help="multiply the images by -1 (yes: dark protein), keep them (no), or decide from their "
                         "low frequencies (auto, default; a one-line notice when it inverts them)")
@@ -63,7 +67,8 @@ EXAMPLES = {  # each command's --help ends with one
                 "--ctf-from particles_ctf.star",
     "backproject": "cryosgd backproject sim/truth.star -o truth_bp.mrc",
     "reconstruct": "cryosgd reconstruct sim/particles.star -o run --resolution 15 --reference sim/truth.mrc\n"
-                   "  cryosgd reconstruct d7/particles.star -o run_d7 --resolution 15 --symmetry D7",
+                   "  cryosgd reconstruct d7/particles.star -o run_d7 --resolution 15 --symmetry D7\n"
+                   "  cryosgd reconstruct sim/particles.star -o run_gs --gold-standard --epochs 2",
     "compare": "cryosgd compare sim/particles.star -o cmp --optimizers sgd,nag,olbfgs --epochs 5",
     "demo": "cryosgd demo -o cryosgd-demo",
     "projmatch": "cryosgd projmatch sim/particles.star -o pm --iterations 5",

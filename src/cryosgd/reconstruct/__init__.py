@@ -26,10 +26,13 @@ the rate halved (the divergence guard; see ``docs/reconstruction.md``).
 The package, one concern a module: :mod:`.settings` (the settings), :mod:`.dataset` (images, split,
 noise and contrast, the random start), :mod:`.schedule` (target resolution, band limits, kernels),
 :mod:`.checkpoint`, :mod:`.loop` (the training loop), :mod:`.tuning` (the learning rate) and
-:mod:`.poses` (pose assignment).
+:mod:`.poses` (pose assignment), :mod:`.halves` (gold-standard half-sets), :mod:`.nll_baseline` (the held-out
+NLL of a uniform sphere) and :mod:`.diagnostics` (warnings that a result is probably wrong).
 """
 from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .dataset import Dataset, initial_density, load_dataset, particle_diameter_px
+from .diagnostics import Diagnosis, diagnose
+from .halves import GoldStandard, gold_standard, split_halves
 from .loop import Diverged, Reconstruction, centre_density, reconstruct
 from .poses import assign_poses
 from .schedule import band_schedule, build_kernel, check_resolution, target_resolution
@@ -39,4 +42,4 @@ from .tuning import tune_rate, tuning_split
 __all__ = ["Settings", "Reconstruction", "reconstruct", "Dataset", "load_dataset", "initial_density",
            "particle_diameter_px", "Diverged", "centre_density", "assign_poses", "band_schedule", "build_kernel",
            "check_resolution", "target_resolution", "checkpoint_key", "load_checkpoint", "save_checkpoint",
-           "tune_rate", "tuning_split"]
+           "tune_rate", "tuning_split", "GoldStandard", "gold_standard", "split_halves", "Diagnosis", "diagnose"]

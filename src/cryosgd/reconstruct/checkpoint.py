@@ -28,7 +28,10 @@ NOT_IN_CHECKPOINT_KEY = ("device", "precision", "memory_budget", "checkpoint_eve
 
 def checkpoint_key(settings: Settings) -> str:
     """The settings that change the result, as text: a checkpoint resumes only under the same key."""
-    fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_CHECKPOINT_KEY}
+    # gold_standard is left out too: its stages keep their own checkpoint files (halves.py), and a plain
+    # run's key stays what it was before the field existed
+    fields = {k: v for k, v in dataclasses.asdict(settings).items()
+              if k not in NOT_IN_CHECKPOINT_KEY and k != "gold_standard"}
     return json.dumps(fields, sort_keys=True, default=str)
 
 

@@ -25,7 +25,8 @@ from ..runtime.device import resolve_device
 from ..runtime.memory import peak_rss_bytes
 from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .dataset import initial_density, load_dataset, particle_diameter_px
-from .schedule import band_schedule, build_kernel, check_resolution
+from .nll_baseline import one_rotation_kernel, sphere_baseline
+from .schedule import band_schedule, build_kernel, check_resolution, shift_range_px
 from .settings import Settings
 from .symmetric import check_symmetry, symmetrise_tensor
 from .tuning import probe_rate, tune_rate
@@ -61,6 +62,7 @@ class Reconstruction:
     operator_bytes: int = 0                 # bytes: the final kernel's slicing operator and its transpose
     contrast: float = 1.0                   # the images' factor: -1 when they were inverted (Dataset.contrast)
     rejected: list = dataclasses.field(default_factory=list)  # steps the divergence guard undid (dicts)
+    baseline: dict = dataclasses.field(default_factory=dict)  # held-out NLL of a uniform sphere (nll_baseline)
 
 
 def centre_density(volume: torch.Tensor, *, return_shift: bool = False):
@@ -83,13 +85,16 @@ def centre_density(volume: torch.Tensor, *, return_shift: bool = False):
 
 
 def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str | Path | None = None,
-                progress: Callable | None = None, stop_after: int | None = None) -> Reconstruction:
+                progress: Callable | None = None, stop_after: int | None = None,
+                initial_volume: np.ndarray | None = None) -> Reconstruction:
     """Run ``settings.optimizer`` from a random density (see the module notes).
 
     checkpoint: file to save to (atomically, every ``checkpoint_every`` seconds and at
                 the end) and to resume from if it exists with the same settings.
     progress:   ``progress(done_steps, total_steps, info_dict)`` after every step.
     stop_after: stop (with a checkpoint) after this many steps: for tests of resumption.
+    initial_volume: ``(N, N, N)`` start instead of the random spheres (the gold-standard halves start
+                from one shared low-resolution map; :mod:`.halves`); not part of the checkpoint key.
     """
     if settings.optimizer not in OPTIMIZERS:
         raise InputError(particles.source, f"unknown optimiser {settings.optimizer!r}")
@@ -137,13 +142,17 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
             kernels[r] = build_kernel(r, box, apix, settings)
         return kernels[r]
 
-    def test_nll(vol, r):
-        """The held-out NLL (nats per image) at band limit ``r``: the current stage's, so that an
-        evaluation costs what a step does (``log.csv`` gives each one's band limit)."""
+    def test_batch_for(r):
         kern = kernel_for(r)
         if r not in test_batches:
             test_batches[r] = kern.prepare(dataset.images(test_local), dataset.particles.ctf[test_local])
-        return Objective(kern, prior, n_train).test_nll(vol, test_batches[r], total=len(dataset.test))
+        return test_batches[r]
+
+    def test_nll(vol, r):
+        """The held-out NLL (nats per image) at band limit ``r``: the current stage's, so that an
+        evaluation costs what a step does (``log.csv`` gives each one's band limit)."""
+        batch = test_batch_for(r)
+        return Objective(kernel_for(r), prior, n_train).test_nll(vol, batch, total=len(dataset.test))
 
     ckpt_path = Path(checkpoint) if checkpoint else None
     state = load_checkpoint(ckpt_path) if ckpt_path and parallel.is_main() else None
@@ -153,8 +162,9 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         raise InputError(ckpt_path, "the checkpoint was written with other settings; remove it or use them")
 
     if state is None:
-        start = initial_density(box, dataset, seed=settings.seed, diameter_A=settings.particle_diameter).to(device)
-        volume = project_constraints(symmetrise_tensor(start, settings.symmetry))  # C1: unchanged
+        start = (initial_density(box, dataset, seed=settings.seed, diameter_A=settings.particle_diameter)
+                 if initial_volume is None else torch.as_tensor(np.asarray(initial_volume), dtype=torch.float32))
+        volume = project_constraints(symmetrise_tensor(start.to(device), settings.symmetry))  # C1: unchanged
         lr = settings.learning_rate
         if lr is None and settings.tune_rate:
             lr = tune_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints,
@@ -304,7 +314,15 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     final_kernel = kernel_for(band_at(max(step - 1, 0)))
     if not bool(torch.isfinite(volume).all()):
         raise diverged("the density is not finite at the end")
+    r_final = band_at(max(step - 1, 0))
+    sphere_kernel = one_rotation_kernel(box, apix, r_final, shift_range_px(settings, box), dtype=final_kernel.dtype,
+                                        device=device)
+    sphere_batch = sphere_kernel.prepare(dataset.images(test_local), dataset.particles.ctf[test_local])
+    baseline = sphere_baseline(Objective(final_kernel, prior, n_train), volume, test_batch_for(r_final),
+                               total=len(dataset.test), radius_px=radius_px,
+                               images=dataset.images(np.sort(dataset.train[:300])),
+                               sphere_objective=Objective(sphere_kernel, prior, n_train), sphere_batch=sphere_batch)
     return Reconstruction(volume.cpu().numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
                           dataset.noise_std, time.time() - t_start, kernel_seconds, final_kernel.chunk,
                           peak_rss_bytes(), final_kernel.operator_bytes, contrast=dataset.contrast,
-                          rejected=rejected)
+                          rejected=rejected, baseline=baseline)

@@ -45,6 +45,9 @@ class Settings:
     invert_contrast: str = "auto"           # yes | no | auto: from the images (inference/contrast.py)
     symmetry: str = "C1"                    # point group (C<n>, D<n>, T, O, I): quadrature over one asymmetric
                                             # unit, symmetric density (reconstruct/symmetric.py)
+    # two half-sets from one shared low-resolution start, and their FSC (halves.py); off by default: it
+    # takes about twice the time of one run and each half map sees only half the images
+    gold_standard: bool = False
 
     @classmethod
     def paper(cls, **kw) -> Settings:
