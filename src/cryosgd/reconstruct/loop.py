@@ -23,6 +23,7 @@ from ..optim import OPTIMIZERS, compose, make_optimizer, nonnegative, roll_state
 from ..runtime import parallel
 from ..runtime.device import resolve_device
 from ..runtime.memory import peak_rss_bytes
+from .classes import ClassMixture, check_classes
 from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .dataset import initial_density, load_dataset, particle_diameter_px
 from .schedule import band_schedule, build_kernel, check_resolution
@@ -45,7 +46,7 @@ class Diverged(InputError):
 
 @dataclass
 class Reconstruction:
-    volume: np.ndarray                      # (N, N, N) final density
+    volume: np.ndarray                      # (N, N, N) final density; (K, N, N, N) with K > 1 classes
     pixel_size: float
     log: list                               # dict rows: iteration, gradients, epoch, value, test_nll, ...
     snapshots: dict                         # gradient count -> (N, N, N)
@@ -60,6 +61,8 @@ class Reconstruction:
     operator_bytes: int = 0                 # bytes: the final kernel's slicing operator and its transpose
     contrast: float = 1.0                   # the images' factor: -1 when they were inverted (Dataset.contrast)
     rejected: list = dataclasses.field(default_factory=list)  # steps the divergence guard undid (dicts)
+    proportions: list | None = None         # (K,) class proportions with K > 1 classes (reconstruct/classes.py)
+    reseeds: list = dataclasses.field(default_factory=list)  # classes the collapse guard re-seeded (dicts)
 
 
 def centre_density(volume: torch.Tensor, *, return_shift: bool = False):
@@ -100,6 +103,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if not (value >= 0 and math.isfinite(value)):
             raise InputError(particles.source, f"--{key.replace('_', '-')} {value:g} is not a non-negative number")
     check_resolution(settings, particles)
+    n_classes = check_classes(settings.classes, particles.source)
     dataset = load_dataset(particles, test_size=settings.test_size, seed=settings.seed,
                            diameter_A=settings.particle_diameter, noise_std=settings.noise_std,
                            invert_contrast=settings.invert_contrast)
@@ -109,6 +113,10 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     steps_per_epoch = max(1, n_train // batch)
     n_steps = max(1, int(round(settings.epochs * steps_per_epoch)))
     schedule = band_schedule(settings, box, apix, n_steps)
+    mix = ClassMixture(n_classes, n_steps, settings.seed) if n_classes > 1 else None
+
+    def objective_for(kern, at_step=None):  # the plain objective, or the mixture's at this step
+        return Objective(kern, prior, n_train) if mix is None else mix.objective(kern, prior, n_train, at_step)
     prior = DensityPrior(settings.lambda_plus, settings.lambda_minus)
     device = resolve_device(settings.device)
     radius_px = 0.5 * particle_diameter_px(box, apix, settings.particle_diameter)
@@ -145,13 +153,15 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         raise InputError(ckpt_path, "the checkpoint was written with other settings; remove it or use them")
 
     if state is None:
-        volume = project_constraints(initial_density(box, dataset, seed=settings.seed,
-                                                     diameter_A=settings.particle_diameter).to(device))
+        start = (initial_density if mix is None else mix.initial)(box, dataset, seed=settings.seed,
+                                                                  diameter_A=settings.particle_diameter)
+        volume = project_constraints(start.to(device))
         lr = settings.learning_rate
         if lr is None:
             lr = tune_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints,
                            n_train, seed=settings.seed, tune_images=settings.tune_images,
-                           tune_steps=settings.tune_steps, validation_size=settings.test_size)
+                           tune_steps=settings.tune_steps, validation_size=settings.test_size,
+                           objective=None if mix is None else objective_for(kernel_for(schedule[0][1]), 0))
         step, grads, log, snapshots, opt_state = 0, 0, [], {}, None
         kernel_seconds, rejected = 0.0, []
     else:
@@ -159,6 +169,8 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         step, grads, log = state["step"], state["gradients"], state["log"]
         snapshots, opt_state, kernel_seconds = state["snapshots"], state["optimizer_state"], state["kernel_seconds"]
         rejected = state.get("rejected", [])
+        if mix is not None:
+            mix.load(state["classes"])
     tuned_lr = lr if state is None else state.get("tuned_learning_rate", lr)
 
     def make(rate):
@@ -193,7 +205,9 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if len(rejected) > MAX_REJECTIONS:
             raise diverged(f"{what} at step {step}")
         opt = make(lr)
-        restored, opt_state = previous
+        restored, opt_state, mix_state = previous
+        if mix is not None:
+            mix.load(mix_state)
         for target in new_snapshots:  # taken from the rejected density: taken again from the next one
             snapshots.pop(target, None)
         if log:
@@ -207,7 +221,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     while step < n_steps:
         r = band_at(step)
         kern = kernel_for(r)
-        objective = Objective(kern, prior, n_train)
+        objective = objective_for(kern, step)
         idx, images = next(batches)
         local = parallel.shard(idx)
         mb = kern.prepare(images, dataset.particles.ctf[local])
@@ -239,12 +253,17 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
             o = _objective(p, _mb, total=_n)
             return o.value, o.gradient
 
-        previous = (volume, opt_state)
+        previous = (volume, opt_state, None if mix is None else mix.state())
         volume, opt_state, n_extra = opt.update(out.gradient, opt_state, volume, value=out.value, grad_fn=grad_fn)
         kernel_seconds += time.time() - t0
         step += 1
+        if mix is not None:  # the proportions, then the collapse guard
+            mix.update_proportions(out.posteriors, len(idx))
+            volume, opt_state = mix.guard(volume, opt_state, step, project_constraints)
         grads += len(idx) * (1 + n_extra)
-        if settings.centre_every and step % settings.centre_every == 0 and step < n_steps:
+        if settings.centre_every and step % settings.centre_every == 0 and step < n_steps and mix is not None:
+            volume, opt_state = mix.centre(volume, opt_state, centre_density)  # each class on its own
+        elif settings.centre_every and step % settings.centre_every == 0 and step < n_steps:
             # the optimiser's momenta, sums, curvature pairs and factors move with the density
             volume, shift = centre_density(volume, return_shift=True)
             if any(shift):
@@ -256,8 +275,10 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
                 new_snapshots.append(target)
         row = {"step": step, "gradients": grads, "epoch": step / steps_per_epoch, "band_limit": r,
                "value": out.value, "learning_rate": lr, "rejected": n_rejected, "seconds": time.time() - t_start}
+        if mix is not None:
+            row["proportions"] = mix.proportions.tolist()
         if step % eval_every == 0 or step == n_steps:
-            row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch,
+            row["test_nll"] = objective_for(eval_kernel).test_nll(volume, test_batch,
                                                                                total=len(dataset.test))
             if step == n_steps:  # no minibatch judges the last update: the held-out NLL does
                 earlier = [e["test_nll"] for e in log if "test_nll" in e]
@@ -270,7 +291,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
                         warnings.warn(f"{settings.optimizer}: the last step rejected ({what}); the map is the "
                                       "density before it")
                     row["rejected"] = 1
-                    row["test_nll"] = Objective(eval_kernel, prior, n_train).test_nll(volume, test_batch,
+                    row["test_nll"] = objective_for(eval_kernel).test_nll(volume, test_batch,
                                                                                        total=len(dataset.test))
                     if not math.isfinite(row["test_nll"]):
                         raise diverged("the held-out NLL is not finite at the end")
@@ -283,7 +304,8 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
             save_checkpoint(ckpt_path, {"settings": settings_key, "volume": volume, "learning_rate": lr,
                                         "step": step, "gradients": grads, "log": log, "snapshots": snapshots,
                                         "optimizer_state": opt_state, "kernel_seconds": kernel_seconds,
-                                        "rejected": rejected, "tuned_learning_rate": tuned_lr})
+                                        "rejected": rejected, "tuned_learning_rate": tuned_lr,
+                                        "classes": None if mix is None else mix.state()})
         if ckpt_path and (done or due):
             last_save = time.time()
         if stop_after is not None and step >= stop_after and step < n_steps:
@@ -297,4 +319,5 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     return Reconstruction(volume.cpu().numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
                           dataset.noise_std, time.time() - t_start, kernel_seconds, final_kernel.chunk,
                           peak_rss_bytes(), final_kernel.operator_bytes, contrast=dataset.contrast,
-                          rejected=rejected)
+                          rejected=rejected, proportions=None if mix is None else mix.proportions.tolist(),
+                          reseeds=[] if mix is None else mix.reseeds)

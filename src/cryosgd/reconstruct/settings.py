@@ -42,6 +42,7 @@ class Settings:
     device: str = "cpu"
     precision: str = "auto"                 # auto | float32 | tf32 | float64 (see resolve_precision)
     invert_contrast: str = "auto"           # yes | no | auto: from the images (inference/contrast.py)
+    classes: int = 1                        # K densities, a mixture with learned proportions (classes.py)
 
     @classmethod
     def paper(cls, **kw) -> Settings:

@@ -35,11 +35,13 @@ def tuning_split(dataset: Dataset, *, tune_images: int, validation_size: int) ->
 
 
 def tune_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tensor, projection, n_train: int, *,
-              seed: int, tune_images: int = 300, tune_steps: int = 12, validation_size: int = 100) -> float:
+              seed: int, tune_images: int = 300, tune_steps: int = 12, validation_size: int = 100,
+              objective=None) -> float:
     """The base learning rate of ``optimizer`` from a short search on ``tune_images`` training images,
-    scored on ``validation_size`` others, from ``volume`` at ``kern``'s band limit."""
+    scored on ``validation_size`` others, from ``volume`` at ``kern``'s band limit; ``objective``
+    (default: the plain one) is another with the same interface (the mixture's for several classes)."""
     subset, validation = tuning_split(dataset, tune_images=tune_images, validation_size=validation_size)
-    objective = Objective(kern, prior, n_train)
+    objective = Objective(kern, prior, n_train) if objective is None else objective
     cache = {}
 
     def factory(batch_size, seed):
