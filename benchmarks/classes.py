@@ -173,7 +173,10 @@ def main() -> None:
     if args.only == "report":
         print(report(out))
         return
-    result = run_cryosgd(out, args.epochs, args.seed) if args.only == "cryosgd" else run_relion(out, args.relion_minutes)
+    if args.only == "cryosgd":
+        result = run_cryosgd(out, args.epochs, args.seed)
+    else:
+        result = run_relion(out, args.relion_minutes)
     (out / f"classes_{args.only}.json").write_text(json.dumps(result, indent=2, default=float))
     print(json.dumps(result, indent=2, default=float))
 

@@ -54,7 +54,8 @@ EXAMPLES = {  # each command's --help ends with one
     "simulate": "cryosgd simulate model.pdb -o sim -n 5000 --box 64 --apix 3.5 --snr 0.05 --shift-sigma 3 "
                 "--ctf-from particles_ctf.star",
     "backproject": "cryosgd backproject sim/truth.star -o truth_bp.mrc",
-    "reconstruct": "cryosgd reconstruct sim/particles.star -o run --resolution 15 --reference sim/truth.mrc",
+    "reconstruct": "cryosgd reconstruct sim/particles.star -o run --resolution 15 --reference sim/truth.mrc\n"
+                   "  cryosgd reconstruct mix/particles.star -o run2 --classes 2 --reference a.mrc,b.mrc",
     "compare": "cryosgd compare sim/particles.star -o cmp --optimizers sgd,nag,olbfgs --epochs 5",
     "demo": "cryosgd demo -o cryosgd-demo",
     "projmatch": "cryosgd projmatch sim/particles.star -o pm --iterations 5",
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("particles", help="STAR (or cryoSPARC .cs) file with CTFs")
     r.add_argument("-o", "--output", required=True, help="output folder")
     r.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS))
+    r.add_argument("--classes", default="1", help="K densities: multi-class ab initio with learned proportions, "
+                   "maps map_class01.mrc ... and each particle's class in particles.star; --reference may then "
+                   "name several maps, comma-separated (default 1; docs/classes.md)")
     _add_run_options(r)
     r.set_defaults(func=commands._cmd_reconstruct)
 

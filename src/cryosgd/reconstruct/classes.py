@@ -37,24 +37,24 @@ from .schedule import build_kernel
 
 __all__ = ["ClassMixture", "assign_class_poses", "map_class_tensors", "check_classes"]
 
-PROPORTION_RATE = 0.1      # weight of a minibatch's mean posteriors in the running proportions
+PROPORTION_RATE = 0.2      # weight of a minibatch's mean posteriors in the running proportions
 PROPORTION_FLOOR = 0.02    # no proportion falls below this (then renormalised)
 SIMILARITY_START = 0.5     # annealing of the posteriors that weight the gradients: start ...
 ANNEAL_FRACTION = 0.25     # ... falling to 0 over this fraction of the steps
 RESEED_BELOW = 0.2         # re-seed a class whose proportion is below RESEED_BELOW / K ...
 RESEED_AFTER = 10          # ... from this step (the proportions start uniform) ...
-RESEED_UNTIL = 0.5         # ... until this fraction of the steps
+RESEED_UNTIL = 0.75        # ... until this fraction of the steps
 RESEED_MIX = 0.3           # a re-seeded class: (1 - mix) largest class + mix fresh random spheres
 
 
-def check_classes(value, source) -> int:
+def check_classes(value) -> int:
     """``value`` as a whole number of classes >= 1, or :class:`InputError` naming ``--classes``."""
     try:
         k = float(value)
     except (TypeError, ValueError):
         k = math.nan
     if not (math.isfinite(k) and k == int(k) and k >= 1):
-        raise InputError(source, f"--classes {value!s} is not a whole number of classes >= 1")
+        raise InputError("--classes", f"{value!s} is not a whole number of classes >= 1")
     return int(k)
 
 

@@ -23,8 +23,8 @@ from ..optim import OPTIMIZERS, compose, make_optimizer, nonnegative, roll_state
 from ..runtime import parallel
 from ..runtime.device import resolve_device
 from ..runtime.memory import peak_rss_bytes
-from .classes import ClassMixture, check_classes
 from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
+from .classes import ClassMixture, check_classes
 from .dataset import initial_density, load_dataset, particle_diameter_px
 from .schedule import band_schedule, build_kernel, check_resolution
 from .settings import Settings
@@ -103,7 +103,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if not (value >= 0 and math.isfinite(value)):
             raise InputError(particles.source, f"--{key.replace('_', '-')} {value:g} is not a non-negative number")
     check_resolution(settings, particles)
-    n_classes = check_classes(settings.classes, particles.source)
+    n_classes = check_classes(settings.classes)
     dataset = load_dataset(particles, test_size=settings.test_size, seed=settings.seed,
                            diameter_A=settings.particle_diameter, noise_std=settings.noise_std,
                            invert_contrast=settings.invert_contrast)
