@@ -3,6 +3,7 @@
     python benchmarks/classes.py -o /tmp/classes --only data
     python benchmarks/classes.py -o /tmp/classes --only cryosgd
     python benchmarks/classes.py -o /tmp/classes --only relion [--relion-minutes 25]
+    python benchmarks/classes.py -o /tmp/classes --only cost     # CPU time of a 2-class step against 1
     python benchmarks/classes.py -o /tmp/classes --only report
 
 The particles: ``--n`` of each of 5FUU (HIV-1 Env trimer, tests/data/5fuu.pdb.gz) and 8ZPM
@@ -61,9 +62,12 @@ def truths(out: Path):
 
 
 def score(maps, classes, out: Path) -> dict:
-    """Fraction of particles in the right class (best label permutation) and each true map's best class."""
+    """Fraction of particles in the right class (best label permutation; class 0, RELION's mark of a
+    particle not yet visited, counts as wrong) and each true map's best-matching class."""
     labels, refs = truths(out)
     right = max(float(np.mean(classes == labels)), float(np.mean(classes == 3 - labels)))
+    seen = classes > 0
+    right_seen = max(float(np.mean(classes[seen] == labels[seen])), float(np.mean(classes[seen] == 3 - labels[seen])))
     per_truth = []
     for j, ref in enumerate(refs):
         fscs = [compare_maps(m, ref, pixel_size=APIX, align=True) for m in maps]
@@ -72,7 +76,8 @@ def score(maps, classes, out: Path) -> dict:
                           "fsc05_A": round(fscs[best].resolution_05, 1),
                           "fsc05_other_class_A": round(fscs[1 - best].resolution_05, 1)})
     sizes = [int(np.sum(classes == k)) for k in (1, 2)]
-    return {"fraction_correct": round(right, 4), "class_sizes": sizes, "maps": per_truth}
+    return {"fraction_correct": round(right, 4), "fraction_correct_of_assigned": round(right_seen, 4),
+            "class_sizes": sizes, "unassigned": int(np.sum(~seen)), "maps": per_truth}
 
 
 def run_cryosgd(out: Path, epochs: float, seed: int) -> dict:
@@ -118,17 +123,23 @@ def run_relion(out: Path, minutes: float, iters=(10, 30, 10), write: int = 5) ->
             finished = False
     wall = time.time() - t0
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu.ru_utime + cpu.ru_stime, 1), "finished": finished,
+            "of_iterations": ini + between + fin, "command": " ".join(cmd), **score_relion(out, t0)}
+
+
+def score_relion(out: Path, t0: float) -> dict:
+    """The last iteration RELION wrote in ``out/relion``, scored (``t0``: the run's start, epoch seconds)."""
+    rdir = out / "relion"
     last = sorted(rdir.glob("run_it*_data.star"))
     if not last:
-        return {"wall_s": round(wall, 1), "finished": finished, "command": " ".join(cmd), "iteration": 0}
+        return {"iteration": 0}
     data = last[-1]
     it = int(data.name[6:9])
-    classes = starfile.read(data)["particles"]["rlnClassNumber"].to_numpy()
-    order = _relion_order(starfile.read(data)["particles"]["rlnImageName"])
+    table = starfile.read(data)["particles"]
+    classes = np.empty(len(table), dtype=np.int64)
+    classes[_relion_order(table["rlnImageName"])] = table["rlnClassNumber"].to_numpy()
     maps = [read_map(rdir / f"run_it{it:03d}_class{k:03d}.mrc")[0] for k in (1, 2)]
-    return {"wall_s": round(wall, 1), "cpu_s": round(cpu.ru_utime + cpu.ru_stime, 1), "finished": finished,
-            "iteration": it, "of_iterations": ini + between + fin, "written_at_s": round(data.stat().st_mtime - t0, 1),
-            "command": " ".join(cmd), **score(maps, classes[np.argsort(order)], out)}
+    return {"iteration": it, "written_at_s": round(data.stat().st_mtime - t0, 1), **score(maps, classes, out)}
 
 
 def _relion_order(names) -> np.ndarray:
@@ -136,21 +147,62 @@ def _relion_order(names) -> np.ndarray:
     return np.array([int(str(n).split("@")[0]) - 1 for n in names])
 
 
+def step_cost(out: Path, repeats: int = 5) -> dict:
+    """CPU seconds of one minibatch (100 images) of the plain objective (K = 1) and the mixture's
+    (K = 2, two passes per class), at the run's final band limit with its shift search."""
+    import torch
+
+    from cryosgd.inference.mixture import MixtureObjective
+    from cryosgd.inference.objective import Objective
+    from cryosgd.inference.prior import DensityPrior
+    from cryosgd.reconstruct import Settings, build_kernel
+
+    particles = load_particles(out / "data" / "particles.star")
+    settings = Settings(max_shift=2.0)
+    kern = build_kernel(BOX * APIX / 24.0, BOX, APIX, settings)
+    idx = np.arange(100)
+    batch = kern.prepare(particles.read_images(idx), particles.ctf[idx])
+    labels, refs = truths(out)
+    vols = torch.as_tensor(np.stack(refs), dtype=torch.float32)
+    prior = DensityPrior()
+    plain = Objective(kern, prior, len(particles))
+    mix = MixtureObjective(kern, prior, len(particles), torch.log(torch.tensor([0.5, 0.5], dtype=torch.float64)))
+    forward = [lambda: kern(vols[0], batch, gradient=False, poses=False), lambda: plain(vols[0], batch),
+               lambda: mix(vols, batch)]
+    times = []
+    for fn in forward:
+        fn()
+        t = time.process_time()
+        for _ in range(repeats):
+            fn()
+        times.append((time.process_time() - t) / repeats)
+    return {"band_limit_px": kern.band_limit, "shifts": len(kern.shifts), "images": 100,
+            "forward_cpu_s": round(times[0], 3), "plain_step_cpu_s": round(times[1], 3),
+            "mixture_k2_step_cpu_s": round(times[2], 3), "ratio_k2_to_plain": round(times[2] / times[1], 2)}
+
+
 def report(out: Path) -> str:
-    res = {name: json.loads((out / f"classes_{name}.json").read_text()) for name in ("cryosgd", "relion")
+    res = {name: json.loads((out / f"classes_{name}.json").read_text()) for name in ("cryosgd", "relion", "cost")
            if (out / f"classes_{name}.json").exists()}
     res["machine"] = cpu_model()
     (out / "classes.json").write_text(json.dumps(res, indent=2))
     lines = [f"Machine: {res.get('machine', '')}", "",
-             "| program | wall s | CPU s | fraction correct | class sizes | 5FUU: FSC 0.5 (Å) | 8ZPM: FSC 0.5 (Å) |",
+             "| program | wall s | CPU s | fraction correct (of assigned) | class sizes | 5FUU: FSC 0.5 (Å) "
+             "| 8ZPM: FSC 0.5 (Å) |",
              "|---|---|---|---|---|---|---|"]
     for name in ("cryosgd", "relion"):
         r = res.get(name)
         if not r or "maps" not in r:
             continue
         m = {x["truth"]: f"{x['fsc05_A']} (class {x['class']})" for x in r["maps"]}
-        lines.append(f"| {name} | {r['wall_s']} | {r.get('cpu_s', '')} | {r['fraction_correct']:.3f} | "
+        lines.append(f"| {name} | {r['wall_s']} | {r.get('cpu_s', '')} | {r['fraction_correct']:.3f} "
+                     f"({r['fraction_correct_of_assigned']:.3f} of {sum(r['class_sizes'])} assigned) | "
                      f"{r['class_sizes']} | {m['5FUU']} | {m['8ZPM']} |")
+    if "cost" in res:
+        c = res["cost"]
+        lines += ["", f"One minibatch of {c['images']} images at band limit {c['band_limit_px']:.1f} px, {c['shifts']} "
+                  f"shifts, CPU s: forward {c['forward_cpu_s']}, plain step {c['plain_step_cpu_s']}, two-class step "
+                  f"{c['mixture_k2_step_cpu_s']} ({c['ratio_k2_to_plain']}x)"]
     text = "\n".join(lines) + "\n"
     (out / "classes.md").write_text(text)
     return text
@@ -164,7 +216,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--relion-minutes", type=float, default=25.0)
-    ap.add_argument("--only", choices=("data", "cryosgd", "relion", "report"), required=True)
+    ap.add_argument("--only", choices=("data", "cryosgd", "relion", "relion-rescore", "cost", "report"), required=True)
     args = ap.parse_args()
     out = Path(args.output)
     make_data(out, args.n, args.snr)
@@ -173,7 +225,14 @@ def main() -> None:
     if args.only == "report":
         print(report(out))
         return
-    if args.only == "cryosgd":
+    if args.only == "relion-rescore":  # score the files of an earlier run again
+        result = json.loads((out / "classes_relion.json").read_text())
+        t0 = (out / "relion" / "run_it000_data.star").stat().st_mtime
+        result.update(score_relion(out, t0))
+        args.only = "relion"
+    elif args.only == "cost":
+        result = step_cost(out)
+    elif args.only == "cryosgd":
         result = run_cryosgd(out, args.epochs, args.seed)
     else:
         result = run_relion(out, args.relion_minutes)
