@@ -16,8 +16,8 @@ gradient gives every class's log-likelihoods ``(B, K)`` and so the posteriors; o
 the images weighted by ``gamma_bk`` (the kernels' ``image_weights``, free), gives class k's
 gradient.  The posteriors must be known before any gradient can be formed, and the kernels keep
 no scores between calls, so the score products of the first pass are done again in the second:
-a step costs K forward passes plus K forward-and-backward passes, about ``K (1 + 1/(1 + g))``
-times a single-class step (g: the backward pass's cost relative to the forward pass's).
+a step costs K forward passes plus K forward-and-backward passes, ``K (1 + forward / step)`` times
+a single-class step (3.2 times for K = 2 at 32 px, band limit 8 px, 29 shifts; BENCHMARKS.md).
 
 ``similarity`` ``s`` (0 to 1) replaces the posteriors that weight the gradients by
 ``(1 - s) gamma + s / K``: early in a run every class then learns from every image (the
