@@ -195,8 +195,9 @@ def report(out: Path) -> str:
         if not r or "maps" not in r:
             continue
         m = {x["truth"]: f"{x['fsc05_A']} (class {x['class']})" for x in r["maps"]}
+        of_assigned = r.get("fraction_correct_of_assigned", r["fraction_correct"])
         lines.append(f"| {name} | {r['wall_s']} | {r.get('cpu_s', '')} | {r['fraction_correct']:.3f} "
-                     f"({r['fraction_correct_of_assigned']:.3f} of {sum(r['class_sizes'])} assigned) | "
+                     f"({of_assigned:.3f} of {sum(r['class_sizes'])} assigned) | "
                      f"{r['class_sizes']} | {m['5FUU']} | {m['8ZPM']} |")
     if "cost" in res:
         c = res["cost"]
