@@ -142,3 +142,13 @@ def test_proportions_follow_the_posteriors_with_a_floor():
         mix.update_proportions(gamma[:70], 70)
     assert 0.02 / 1.02 - 1e-12 <= mix.proportions[1] < 0.021  # held at the floor (then renormalised)
     assert math.isclose(mix.proportions.sum(), 1.0)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "two"])
+def test_classes_must_be_a_whole_number_of_at_least_one(value, tmp_path, capsys):
+    from cryosgd.cli import main as cli
+
+    assert cli(["reconstruct", str(tmp_path / "p.star"), "-o", str(tmp_path / "run"), "--classes", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cryosgd: error: --classes: {value} is not a whole number of classes >= 1"]
+    assert not (tmp_path / "run").exists()
