@@ -49,7 +49,7 @@ class Reconstruction:
     volume: np.ndarray                      # (N, N, N) final density; (K, N, N, N) with K > 1 classes
     pixel_size: float
     log: list                               # dict rows: iteration, gradients, epoch, value, test_nll, ...
-    snapshots: dict                         # gradient count -> (N, N, N)
+    snapshots: dict                         # gradient count -> (N, N, N) (or (K, N, N, N))
     settings: Settings
     learning_rate: float
     band_limit: float                       # final band limit (Fourier pixels)
@@ -278,8 +278,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if mix is not None:
             row["proportions"] = mix.proportions.tolist()
         if step % eval_every == 0 or step == n_steps:
-            row["test_nll"] = objective_for(eval_kernel).test_nll(volume, test_batch,
-                                                                               total=len(dataset.test))
+            row["test_nll"] = objective_for(eval_kernel).test_nll(volume, test_batch, total=len(dataset.test))
             if step == n_steps:  # no minibatch judges the last update: the held-out NLL does
                 earlier = [e["test_nll"] for e in log if "test_nll" in e]
                 best = min(earlier) if earlier else None
@@ -292,7 +291,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
                                       "density before it")
                     row["rejected"] = 1
                     row["test_nll"] = objective_for(eval_kernel).test_nll(volume, test_batch,
-                                                                                       total=len(dataset.test))
+                                                                          total=len(dataset.test))
                     if not math.isfinite(row["test_nll"]):
                         raise diverged("the held-out NLL is not finite at the end")
         log.append(row)
