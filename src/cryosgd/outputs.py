@@ -24,7 +24,7 @@ from .report import (
     write_report,
 )
 
-__all__ = ["reconstruct_and_write", "write_outputs", "write_gold_standard_outputs",
+__all__ = ["reconstruct_and_write", "write_outputs", "write_gold_standard_outputs", "write_class_outputs",
            "diagnose_run", "comparison_table", "write_comparison", "write_projmatch_outputs"]
 
 
@@ -48,8 +48,13 @@ def write_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, 
     ``diagnosis``: the failure warnings (default: :func:`diagnose_run`), each also issued as a Python
     warning (the command line prints one line each).  ``extra_summary``, ``extra_sections`` and
     ``star_columns`` add to summary.json, report.md and particles.star.
-    Returns a summary dict (also written as ``summary.json``).
+    Returns a summary dict (also written as ``summary.json``).  With several classes (a ``(K, N, N, N)``
+    volume) see :func:`write_class_outputs`.
     """
+    if rec.volume.ndim == 4:
+        refs = reference if isinstance(reference, list) else ([] if reference is None else [reference])
+        names = reference_name if isinstance(reference_name, list) else [reference_name] * len(refs)
+        return write_class_outputs(outdir, rec, particles, poses=poses, references=refs, reference_names=names)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     apix = rec.pixel_size
@@ -191,7 +196,12 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
         return write_gold_standard_outputs(outdir, gs, particles, poses=poses, reference=reference,
                                            reference_name=reference_name), rec
     rec = reconstruct(particles, settings, checkpoint=Path(outdir) / "checkpoint.pt", progress=progress)
-    poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
+    if rec.volume.ndim == 4:  # several classes: each particle's class, and its pose in that class
+        from .reconstruct.classes import assign_class_poses
+
+        poses = assign_class_poses(particles, rec, progress=pose_progress) if assign else None
+    else:
+        poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
     if not parallel.is_main():
         return {}, rec
     return write_outputs(outdir, rec, particles, poses=poses, reference=reference,
@@ -252,3 +262,77 @@ def _write_half_sets(path: Path, labels: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.part")
     tmp.write_text("index,half\n" + "".join(f"{i},{int(h)}\n" for i, h in enumerate(labels)))
     os.replace(tmp, path)
+def write_class_outputs(outdir: Path, rec: Reconstruction, particles: ParticleSet, *, poses=None,
+                        references: list = (), reference_names: list = ()) -> dict:
+    """The outputs of a run with K > 1 classes (``docs/classes.md``): ``map_class01.mrc`` ...,
+    ``particles.star`` (each particle's pose in its class, ``rlnClassNumber`` and, as
+    ``rlnMaxValueProbDistribution``, the posterior probability of that class), ``log.csv``, PNGs,
+    ``summary.json`` (with the proportions) and ``report.md``; each reference map is matched to the
+    class closest to it (FSC after alignment)."""
+    from .report import plot_proportions
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    apix, k = rec.pixel_size, rec.volume.shape[0]
+    names = [f"map_class{j + 1:02d}.mrc" for j in range(k)]
+    for name, vol in zip(names, rec.volume):
+        write_map(outdir / name, vol.astype(np.float32), apix)
+    counts = [None] * k
+    if poses is not None:
+        rots, shifts, _, classes, post = poses
+        counts = [int(np.sum(classes == j + 1)) for j in range(k)]
+        write_particles_star(outdir / "particles.star", particles.with_poses(rots, shifts), extra_columns={
+            "rlnClassNumber": classes, "rlnMaxValueProbDistribution": post[np.arange(len(classes)), classes - 1]})
+    write_log_csv(outdir / "log.csv", rec.log)
+    plot_nll(outdir / "nll.png", rec.log, title=f"{rec.settings.optimizer}, {k} classes: held-out images")
+    plot_proportions(outdir / "proportions.png", rec.log, rec.reseeds)
+    label = [f"class {j + 1} ({100 * rec.proportions[j]:.0f}%)" for j in range(k)]
+    plot_views(outdir / "classes.png", dict(zip(label, rec.volume)))
+    views = {f"{'final' if isinstance(t, str) else f'{t} grads'}, class {j + 1}": v[j]
+             for t, v in rec.snapshots.items() for j in range(k)}
+    plot_views(outdir / "snapshots.png", views)
+    last = [r for r in rec.log if "test_nll" in r]
+    resolution = resolution_A(rec.band_limit, particles.box, apix)
+    summary = {
+        "optimizer": rec.settings.optimizer, "classes": k, "proportions": list(rec.proportions),
+        "particles_per_class": counts, "reseeded": rec.reseeds, "learning_rate": rec.learning_rate,
+        "epochs": rec.settings.epochs, "steps": rec.log[-1]["step"] if rec.log else 0,
+        "gradients": rec.log[-1]["gradients"] if rec.log else 0, "band_limit_px": rec.band_limit,
+        "band_limit_resolution_A": resolution, "noise_std": rec.noise_std, "wall_seconds": rec.wall_time,
+        "final_test_nll": last[-1]["test_nll"] if last else None, "pixel_size": apix, "box": particles.box,
+        "particles": len(particles), "peak_memory_bytes": rec.peak_memory, "rejected_steps": len(rec.rejected),
+    }
+    rows = [f"| class {j + 1} | `{names[j]}` | {rec.proportions[j]:.3f} | {counts[j]} |" for j in range(k)]
+    sections = [("Run", "\n".join(f"- {key}: {v}" for key, v in summary.items() if key != "proportions")),
+                ("Classes", "| class | map | proportion | particles (most probable class) |\n|---|---|---|---|\n"
+                 + "\n".join(rows) + "\n\n![classes](classes.png)"),
+                ("Class proportions", _reseed_text(rec) + "\n\n![proportions](proportions.png)"),
+                ("Divergence guard", _guard_text(rec)),
+                ("Held-out negative log-likelihood (the mixture's)", "![test NLL](nll.png)"),
+                ("Maps", "Each class at the snapshots.\n\n![maps](snapshots.png)")]
+    matches = []
+    for i, (ref, ref_name) in enumerate(zip(references, reference_names)):
+        cmps = [compare_maps(v, ref, pixel_size=apix, align=True, map_name=names[j], reference_name=ref_name)
+                for j, v in enumerate(rec.volume)]
+        best = int(np.argmin([c.resolution_05 for c in cmps]))
+        plot_fsc(outdir / f"fsc_reference{i + 1}.png", cmps[best], band_limit=rec.band_limit)
+        matches.append({"reference": ref_name, "class": best + 1, "fsc_0.5_A": cmps[best].resolution_05,
+                        "fsc_0.143_A": cmps[best].resolution_0143,
+                        "fsc_0.5_A_each_class": [c.resolution_05 for c in cmps]})
+        sections.append((f"Against {ref_name or f'reference {i + 1}'}",
+                         f"Closest class: {best + 1}; FSC after alignment {cmps[best].resolution_05:.1f} Å at 0.5, "
+                         f"{cmps[best].resolution_0143:.1f} Å at 0.143 (each class at 0.5: "
+                         + ", ".join(f"{c.resolution_05:.1f} Å" for c in cmps)
+                         + f").\n\n![FSC](fsc_reference{i + 1}.png)"))
+    if matches:
+        summary["references"] = matches
+    write_report(outdir / "report.md", f"cryosgd reconstruction, {k} classes: {particles.source.name}", sections)
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def _reseed_text(rec: Reconstruction) -> str:
+    if not rec.reseeds:
+        return "No class was re-seeded: no proportion fell below the collapse guard's threshold."
+    return "\n".join([f"{len(rec.reseeds)} re-seeding(s) by the collapse guard:", ""] + [
+        f"- step {r['step']}: class {r['class']} from class {r['from']}" for r in rec.reseeds])

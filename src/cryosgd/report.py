@@ -130,6 +130,23 @@ def plot_compare_nll(path, logs: dict[str, list[dict]]) -> None:
     _save(fig, path)
 
 
+def plot_proportions(path, log: list[dict], reseeds: list = ()) -> None:
+    """The class proportions (running estimates) against the step, re-seedings marked."""
+    pts = [(r["step"], r["proportions"]) for r in log if "proportions" in r]
+    fig, ax = _subplots(figsize=(6, 4))
+    if pts:
+        steps, props = zip(*pts)
+        for j, column in enumerate(np.array(props).T):
+            ax.plot(steps, column, label=f"class {j + 1}")
+        ax.legend()
+    for r in reseeds:
+        ax.axvline(r["step"], color="grey", ls=":")
+    ax.set_xlabel("step")
+    ax.set_ylabel("proportion")
+    ax.set_ylim(0, 1)
+    _save(fig, path)
+
+
 def plot_fsc(path, comparison, band_limit: float | None = None) -> None:
     """FSC against a reference with the 0.5 and 0.143 lines (and the band limit used)."""
     curve = comparison.curve

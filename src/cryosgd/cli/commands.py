@@ -98,14 +98,25 @@ def _reference(args):
 
 
 def _cmd_reconstruct(args) -> None:
-    from ..io import load_particles
+    from ..io import load_particles, read_map
+    from ..reconstruct.classes import check_classes
 
-    settings = _settings_from(args, optimizer=args.optimizer)  # options first: a bad one costs no file reading
+    classes = check_classes(args.classes)  # options first: a bad one costs no file reading
+    settings = _settings_from(args, optimizer=args.optimizer, classes=classes)
     particles = load_particles(args.particles)
-    reference, name = _reference(args)
+    if classes > 1:  # several references, comma-separated
+        names = args.reference.split(",") if args.reference else []
+        reference, name = [read_map(n)[0] for n in names], names
+    else:
+        reference, name = _reference(args)
     out = Path(args.output)
     summary, _ = _run_one(particles, out, settings, reference=reference, reference_name=name)
     if not parallel.is_main():
+        return
+    if classes > 1:
+        print(f"wrote {out}/map_class01.mrc ... map_class{classes:02d}.mrc (proportions "
+              + ", ".join(f"{p:.2f}" for p in summary["proportions"]) + "), particles.star with classes; "
+              f"{summary['wall_seconds']:.0f} s; report: {out / 'report.md'}")
         return
     msg = (f"wrote {out / 'map.mrc'} ({summary['band_limit_resolution_A']:.1f} Å band limit, "
            f"{summary['wall_seconds']:.0f} s)")

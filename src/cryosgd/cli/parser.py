@@ -68,7 +68,8 @@ EXAMPLES = {  # each command's --help ends with one
     "backproject": "cryosgd backproject sim/truth.star -o truth_bp.mrc",
     "reconstruct": "cryosgd reconstruct sim/particles.star -o run --resolution 15 --reference sim/truth.mrc\n"
                    "  cryosgd reconstruct d7/particles.star -o run_d7 --resolution 15 --symmetry D7\n"
-                   "  cryosgd reconstruct sim/particles.star -o run_gs --gold-standard --epochs 2",
+                   "  cryosgd reconstruct sim/particles.star -o run_gs --gold-standard --epochs 2\n"
+                   "  cryosgd reconstruct mix/particles.star -o run2 --classes 2 --reference a.mrc,b.mrc",
     "compare": "cryosgd compare sim/particles.star -o cmp --optimizers sgd,nag,olbfgs --epochs 5",
     "demo": "cryosgd demo -o cryosgd-demo",
     "projmatch": "cryosgd projmatch sim/particles.star -o pm --iterations 5",
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("particles", help="STAR (or cryoSPARC .cs) file with CTFs")
     r.add_argument("-o", "--output", required=True, help="output folder")
     r.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS))
+    r.add_argument("--classes", default="1", help="K densities: multi-class ab initio with learned proportions, "
+                   "maps map_class01.mrc ... and each particle's class in particles.star; --reference may then "
+                   "name several maps, comma-separated (default 1; docs/classes.md)")
     _add_run_options(r)
     r.set_defaults(func=commands._cmd_reconstruct)
 

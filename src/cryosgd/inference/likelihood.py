@@ -238,15 +238,19 @@ class MarginalLikelihood:
         return scores, cross, c2v
 
     def __call__(self, volume: torch.Tensor, batch: LikelihoodBatch, *, gradient: bool = True,
-                 poses: bool = True) -> LikelihoodResult:
+                 poses: bool = True, image_weights: torch.Tensor | None = None) -> LikelihoodResult:
         """Log-likelihoods, the gradient of their negative sum, and (with ``poses``) the best poses.
+
+        ``image_weights`` ``(B,)``: the gradient is that of ``-sum_b w_b log p(I_b | V)`` instead (a
+        mixture's class posteriors, :mod:`.mixture`); it scales each image's responsibilities, where
+        they are normalised, so it costs nothing.  ``None`` leaves the result bit for bit as without.
 
         A GPU that runs out of memory gets a smaller rotation chunk and a retry, not a crash.
         """
         while True:
             try:
                 with tf32_products(self.tf32), flush_denormals():
-                    return self._evaluate(volume, batch, gradient, poses)
+                    return self._evaluate(volume, batch, gradient, poses, image_weights)
             except torch.OutOfMemoryError:
                 if self.chunk == 1:
                     raise
@@ -256,7 +260,7 @@ class MarginalLikelihood:
                 warnings.warn(f"out of device memory: rotation chunk reduced to {self.chunk}", stacklevel=2)
 
     def _evaluate(self, volume: torch.Tensor, batch: LikelihoodBatch, gradient: bool,
-                  poses: bool) -> LikelihoodResult:
+                  poses: bool, image_weights: torch.Tensor | None = None) -> LikelihoodResult:
         y = self.slices_pairs(volume)                                                      # (Mb, P, 2)
         b, mb, s, p = len(batch), y.shape[0], len(self.shifts), self.n_points
         inv2 = 1.0 / self.noise_std**2
@@ -296,6 +300,8 @@ class MarginalLikelihood:
             # responsibilities (C, B8S) times the data-side rows give d(sum log p)/d[Re y, Im y] (cross term)
             # and the weights of c^2 |y|^2 (norm term); with one pass, 1/z is folded into the small rows
             scale = (1.0 / z) if keep else torch.ones_like(z)
+            if image_weights is not None:
+                scale = scale * torch.as_tensor(image_weights, **tt)
             cross_b = cross[:, :-1] * scale.repeat_interleave(8 * s)[:, None]              # (B8S, 2P)
             c2v_b = c2v * scale.repeat_interleave(8)[:, None]                              # (B8, P)
             if s == 1:  # both terms in one product

@@ -320,8 +320,11 @@ class PrunedLikelihood:
         return out
 
     def __call__(self, volume: torch.Tensor, batch: PrunedBatch, *, gradient: bool = True,
-                 poses: bool = True) -> LikelihoodResult:
-        """Log-likelihoods ``(B,)`` (nats), the gradient ``(N, N, N)`` of their negative sum, best poses."""
+                 poses: bool = True, image_weights: torch.Tensor | None = None) -> LikelihoodResult:
+        """Log-likelihoods ``(B,)`` (nats), the gradient ``(N, N, N)`` of their negative sum, best poses.
+
+        ``image_weights`` ``(B,)``: the gradient of ``-sum_b w_b log p(I_b | V)`` instead (as
+        :meth:`MarginalLikelihood.__call__`); ``None`` leaves the result bit for bit as without."""
         volume = volume.to(self.device, self.dtype)
         with torch.no_grad(), tf32_products(self.tf32), flush_denormals():
             rot, shift = self.coarse_marginals(volume, batch.coarse)
@@ -330,10 +333,11 @@ class PrunedLikelihood:
             exhaustive_poses = len(batch) * self.rotations.size * len(self.shifts)
             if self.exhaustive is not None and float((n_rot * n_shift).sum()) > self.dense_above * exhaustive_poses:
                 self.last_stats = self._stats(counts, len(self.rotations.base), dense=True)
-                return self.exhaustive(volume, batch.fine, gradient=gradient, poses=poses)
-            return self._fine(volume, batch.fine, base, var, sidx, gradient, poses, counts)
+                return self.exhaustive(volume, batch.fine, gradient=gradient, poses=poses,
+                                       image_weights=image_weights)
+            return self._fine(volume, batch.fine, base, var, sidx, gradient, poses, counts, image_weights)
 
-    def _fine(self, volume, batch, base, var, sidx, gradient, poses, counts) -> LikelihoodResult:
+    def _fine(self, volume, batch, base, var, sidx, gradient, poses, counts, weights=None) -> LikelihoodResult:
         """Score candidates ``base``/``var`` ``(B, n)`` x shifts ``sidx`` ``(B, s)`` (-1: padding)."""
         f, p = self.frame, self.n_points
         b, n, s = len(batch), base.shape[1], sidx.shape[1]
@@ -386,6 +390,8 @@ class PrunedLikelihood:
                 best_p[g] = torch.exp(val - lg).cpu().numpy()
             if gradient:
                 resp = sc.sub_(lg[:, None, None]).exp_()                                  # (G, n, s)
+                if weights is not None:
+                    resp.mul_(torch.as_tensor(weights, dtype=self.dtype, device=dev)[g][:, None, None])
                 ok = rot_ok[g]
                 g8.index_add_(0, gi[ok], torch.bmm(resp, hp)[ok], alpha=-1.0)           # cross term of d(-lse)
                 w8.index_put_((gi[ok], imgs[ok]), resp.sum(2)[ok], accumulate=True)

@@ -24,6 +24,7 @@ from ..runtime import parallel
 from ..runtime.device import resolve_device
 from ..runtime.memory import peak_rss_bytes
 from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
+from .classes import ClassMixture, check_classes
 from .dataset import initial_density, load_dataset, particle_diameter_px
 from .nll_baseline import one_rotation_kernel, sphere_baseline
 from .schedule import band_schedule, build_kernel, check_resolution, shift_range_px
@@ -47,10 +48,10 @@ class Diverged(InputError):
 
 @dataclass
 class Reconstruction:
-    volume: np.ndarray                      # (N, N, N) final density
+    volume: np.ndarray                      # (N, N, N) final density; (K, N, N, N) with K > 1 classes
     pixel_size: float
     log: list                               # dict rows: iteration, gradients, epoch, value, test_nll, ...
-    snapshots: dict                         # gradient count -> (N, N, N)
+    snapshots: dict                         # gradient count -> (N, N, N) (or (K, N, N, N))
     settings: Settings
     learning_rate: float
     band_limit: float                       # final band limit (Fourier pixels)
@@ -63,6 +64,8 @@ class Reconstruction:
     contrast: float = 1.0                   # the images' factor: -1 when they were inverted (Dataset.contrast)
     rejected: list = dataclasses.field(default_factory=list)  # steps the divergence guard undid (dicts)
     baseline: dict = dataclasses.field(default_factory=dict)  # held-out NLL of a uniform sphere (nll_baseline)
+    proportions: list | None = None         # (K,) class proportions with K > 1 classes (reconstruct/classes.py)
+    reseeds: list = dataclasses.field(default_factory=list)  # classes the collapse guard re-seeded (dicts)
 
 
 def centre_density(volume: torch.Tensor, *, return_shift: bool = False):
@@ -107,6 +110,10 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
             raise InputError(particles.source, f"--{key.replace('_', '-')} {value:g} is not a non-negative number")
     check_resolution(settings, particles)
     check_symmetry(settings.symmetry)
+    n_classes = check_classes(settings.classes)
+    if n_classes > 1 and (settings.symmetry.strip().upper() != "C1" or settings.gold_standard):
+        raise InputError(particles.source, "--classes above 1 does not combine with --symmetry or --gold-standard yet; "
+                                           "run them separately")
     dataset = load_dataset(particles, test_size=settings.test_size, seed=settings.seed,
                            diameter_A=settings.particle_diameter, noise_std=settings.noise_std,
                            invert_contrast=settings.invert_contrast)
@@ -116,6 +123,10 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     steps_per_epoch = max(1, n_train // batch)
     n_steps = max(1, int(round(settings.epochs * steps_per_epoch)))
     schedule = band_schedule(settings, box, apix, n_steps)
+    mix = ClassMixture(n_classes, n_steps, settings.seed) if n_classes > 1 else None
+
+    def objective_for(kern, at_step=None):  # the plain objective, or the mixture's at this step
+        return Objective(kern, prior, n_train) if mix is None else mix.objective(kern, prior, n_train, at_step)
     prior = DensityPrior(settings.lambda_plus, settings.lambda_minus)
     device = resolve_device(settings.device)
     radius_px = 0.5 * particle_diameter_px(box, apix, settings.particle_diameter)
@@ -152,7 +163,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         """The held-out NLL (nats per image) at band limit ``r``: the current stage's, so that an
         evaluation costs what a step does (``log.csv`` gives each one's band limit)."""
         batch = test_batch_for(r)
-        return Objective(kernel_for(r), prior, n_train).test_nll(vol, batch, total=len(dataset.test))
+        return objective_for(kernel_for(r)).test_nll(vol, batch, total=len(dataset.test))
 
     ckpt_path = Path(checkpoint) if checkpoint else None
     state = load_checkpoint(ckpt_path) if ckpt_path and parallel.is_main() else None
@@ -162,17 +173,22 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         raise InputError(ckpt_path, "the checkpoint was written with other settings; remove it or use them")
 
     if state is None:
-        start = (initial_density(box, dataset, seed=settings.seed, diameter_A=settings.particle_diameter)
-                 if initial_volume is None else torch.as_tensor(np.asarray(initial_volume), dtype=torch.float32))
+        if initial_volume is not None:
+            start = torch.as_tensor(np.asarray(initial_volume), dtype=torch.float32)
+        else:
+            start = (initial_density if mix is None else mix.initial)(box, dataset, seed=settings.seed,
+                                                                      diameter_A=settings.particle_diameter)
         volume = project_constraints(symmetrise_tensor(start.to(device), settings.symmetry))  # C1: unchanged
         lr = settings.learning_rate
         if lr is None and settings.tune_rate:
             lr = tune_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints,
                            n_train, seed=settings.seed, tune_images=settings.tune_images,
-                           tune_steps=settings.tune_steps, validation_size=settings.test_size)
+                           tune_steps=settings.tune_steps, validation_size=settings.test_size,
+                           objective=None if mix is None else objective_for(kernel_for(schedule[0][1]), 0))
         elif lr is None:
             lr = probe_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, n_train,
-                            seed=settings.seed, tune_images=settings.tune_images, validation_size=settings.test_size)
+                            seed=settings.seed, tune_images=settings.tune_images, validation_size=settings.test_size,
+                            objective=None if mix is None else objective_for(kernel_for(schedule[0][1]), 0))
         step, grads, log, snapshots, opt_state = 0, 0, [], {}, None
         kernel_seconds, rejected = 0.0, []
     else:
@@ -180,6 +196,8 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         step, grads, log = state["step"], state["gradients"], state["log"]
         snapshots, opt_state, kernel_seconds = state["snapshots"], state["optimizer_state"], state["kernel_seconds"]
         rejected = state.get("rejected", [])
+        if mix is not None:
+            mix.load(state["classes"])
     tuned_lr = lr if state is None else state.get("tuned_learning_rate", lr)
 
     def make(rate):
@@ -214,7 +232,9 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if len(rejected) > MAX_REJECTIONS:
             raise diverged(f"{what} at step {step}")
         opt = make(lr)
-        restored, opt_state = previous
+        restored, opt_state, mix_state = previous
+        if mix is not None:
+            mix.load(mix_state)
         for target in new_snapshots:  # taken from the rejected density: taken again from the next one
             snapshots.pop(target, None)
         if log:
@@ -228,7 +248,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     while step < n_steps:
         r = band_at(step)
         kern = kernel_for(r)
-        objective = Objective(kern, prior, n_train)
+        objective = objective_for(kern, step)
         idx, images = next(batches)
         local = parallel.shard(idx)
         mb = kern.prepare(images, dataset.particles.ctf[local])
@@ -260,12 +280,17 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
             o = _objective(p, _mb, total=_n)
             return o.value, o.gradient
 
-        previous = (volume, opt_state)
+        previous = (volume, opt_state, None if mix is None else mix.state())
         volume, opt_state, n_extra = opt.update(out.gradient, opt_state, volume, value=out.value, grad_fn=grad_fn)
         kernel_seconds += time.time() - t0
         step += 1
+        if mix is not None:  # the proportions, then the collapse guard
+            mix.update_proportions(out.posteriors, len(idx))
+            volume, opt_state = mix.guard(volume, opt_state, step, project_constraints)
         grads += len(idx) * (1 + n_extra)
-        if settings.centre_every and step % settings.centre_every == 0 and step < n_steps:
+        if settings.centre_every and step % settings.centre_every == 0 and step < n_steps and mix is not None:
+            volume, opt_state = mix.centre(volume, opt_state, centre_density)  # each class on its own
+        elif settings.centre_every and step % settings.centre_every == 0 and step < n_steps:
             # the optimiser's momenta, sums, curvature pairs and factors move with the density
             volume, shift = centre_density(volume, return_shift=True)
             if any(shift):
@@ -277,6 +302,8 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
                 new_snapshots.append(target)
         row = {"step": step, "gradients": grads, "epoch": step / steps_per_epoch, "band_limit": r,
                "value": out.value, "learning_rate": lr, "rejected": n_rejected, "seconds": time.time() - t_start}
+        if mix is not None:
+            row["proportions"] = mix.proportions.tolist()
         if step % eval_every == 0 or step == n_steps:
             row["test_nll"] = test_nll(volume, r)
             if step == n_steps:  # no minibatch judges the last update: the held-out NLL does
@@ -302,27 +329,36 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
             save_checkpoint(ckpt_path, {"settings": settings_key, "volume": volume, "learning_rate": lr,
                                         "step": step, "gradients": grads, "log": log, "snapshots": snapshots,
                                         "optimizer_state": opt_state, "kernel_seconds": kernel_seconds,
-                                        "rejected": rejected, "tuned_learning_rate": tuned_lr})
+                                        "rejected": rejected, "tuned_learning_rate": tuned_lr,
+                                        "classes": None if mix is None else mix.state()})
         if ckpt_path and (done or due):
             last_save = time.time()
         if stop_after is not None and step >= stop_after and step < n_steps:
             break
+    def final_baseline(r_final):
+        """The held-out NLL of the best-scaled uniform sphere against the map's (nll_baseline.py)."""
+        final_kernel = kernel_for(r_final)
+        sphere_kernel = one_rotation_kernel(box, apix, r_final, shift_range_px(settings, box), dtype=final_kernel.dtype,
+                                            device=device)
+        sphere_batch = sphere_kernel.prepare(dataset.images(test_local), dataset.particles.ctf[test_local])
+        return sphere_baseline(Objective(final_kernel, prior, n_train), volume, test_batch_for(r_final),
+                               total=len(dataset.test), radius_px=radius_px,
+                               images=dataset.images(np.sort(dataset.train[:300])),
+                               sphere_objective=Objective(sphere_kernel, prior, n_train), sphere_batch=sphere_batch)
+
     prefetch.close()
     volume = symmetrise_tensor(volume, settings.symmetry)  # once, what interpolation left (C1: unchanged)
     snapshots_np = {k: v.cpu().numpy() for k, v in snapshots.items()}
     snapshots_np["final"] = volume.cpu().numpy()
-    final_kernel = kernel_for(band_at(max(step - 1, 0)))
+    r_final = band_at(max(step - 1, 0))
+    final_kernel = kernel_for(r_final)
     if not bool(torch.isfinite(volume).all()):
         raise diverged("the density is not finite at the end")
-    r_final = band_at(max(step - 1, 0))
-    sphere_kernel = one_rotation_kernel(box, apix, r_final, shift_range_px(settings, box), dtype=final_kernel.dtype,
-                                        device=device)
-    sphere_batch = sphere_kernel.prepare(dataset.images(test_local), dataset.particles.ctf[test_local])
-    baseline = sphere_baseline(Objective(final_kernel, prior, n_train), volume, test_batch_for(r_final),
-                               total=len(dataset.test), radius_px=radius_px,
-                               images=dataset.images(np.sort(dataset.train[:300])),
-                               sphere_objective=Objective(sphere_kernel, prior, n_train), sphere_batch=sphere_batch)
+    baseline = final_baseline(r_final) if mix is None else {}  # several classes: no sphere baseline
     return Reconstruction(volume.cpu().numpy(), apix, log, snapshots_np, settings, lr, schedule[-1][1],
                           dataset.noise_std, time.time() - t_start, kernel_seconds, final_kernel.chunk,
                           peak_rss_bytes(), final_kernel.operator_bytes, contrast=dataset.contrast,
-                          rejected=rejected, baseline=baseline)
+                          rejected=rejected, baseline=baseline,
+                          proportions=None if mix is None else mix.proportions.tolist(),
+                          reseeds=[] if mix is None else mix.reseeds)
+

@@ -48,6 +48,7 @@ class Settings:
     # two half-sets from one shared low-resolution start, and their FSC (halves.py); off by default: it
     # takes about twice the time of one run and each half map sees only half the images
     gold_standard: bool = False
+    classes: int = 1                        # K densities, a mixture with learned proportions (classes.py)
 
     @classmethod
     def paper(cls, **kw) -> Settings:

@@ -46,11 +46,13 @@ def tuning_split(dataset: Dataset, *, tune_images: int, validation_size: int) ->
 
 
 def tune_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tensor, projection, n_train: int, *,
-              seed: int, tune_images: int = 300, tune_steps: int = 12, validation_size: int = 100) -> float:
+              seed: int, tune_images: int = 300, tune_steps: int = 12, validation_size: int = 100,
+              objective=None) -> float:
     """The base learning rate of ``optimizer`` from a short search on ``tune_images`` training images,
-    scored on ``validation_size`` others, from ``volume`` at ``kern``'s band limit."""
+    scored on ``validation_size`` others, from ``volume`` at ``kern``'s band limit; ``objective``
+    (default: the plain one) is another with the same interface (the mixture's for several classes)."""
     subset, validation = tuning_split(dataset, tune_images=tune_images, validation_size=validation_size)
-    objective = Objective(kern, prior, n_train)
+    objective = Objective(kern, prior, n_train) if objective is None else objective
     cache = {}
 
     def factory(batch_size, seed):
@@ -114,14 +116,15 @@ def probe_scale(optimizer: str, volume: torch.Tensor, grad_fn) -> float:
 
 
 def probe_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tensor, n_train: int, *,
-               seed: int, tune_images: int = 300, validation_size: int = 100) -> float:
+               seed: int, tune_images: int = 300, validation_size: int = 100, objective=None) -> float:
     """The base learning rate of ``optimizer`` from one probe step on a minibatch of training images:
-    :func:`probe_scale` times :data:`PROBE_FACTOR` and the safety factors of :func:`tune_rate`."""
+    :func:`probe_scale` times :data:`PROBE_FACTOR` and the safety factors of :func:`tune_rate`;
+    ``objective`` as for :func:`tune_rate`."""
     subset, _ = tuning_split(dataset, tune_images=tune_images, validation_size=validation_size)
     idx = np.sort(np.random.default_rng([seed, 11]).choice(subset, size=min(100, len(subset)), replace=False))
     local = parallel.shard(idx)
     batch = kern.prepare(dataset.images(local), dataset.particles.ctf[local])
-    objective = Objective(kern, prior, n_train)
+    objective = Objective(kern, prior, n_train) if objective is None else objective
 
     def grad_fn(p):
         o = objective(p, batch, total=len(idx))

@@ -2,7 +2,8 @@
 ``relion_project``, both written by one writer as RELION files (``particles.star``, ``truth.star``,
 ``particles.mrcs``, ``truth.mrc``)."""
 from .dataset import SimulationPaths, load_source_volume, simulate_dataset, write_dataset
+from .mixture import MixturePaths, simulate_mixture
 from .relion import RelionMissing, relion_available, relion_simulate, require_relion
 
 __all__ = ["SimulationPaths", "load_source_volume", "simulate_dataset", "write_dataset",
-           "RelionMissing", "relion_available", "relion_simulate", "require_relion"]
+           "MixturePaths", "simulate_mixture", "RelionMissing", "relion_available", "relion_simulate", "require_relion"]
