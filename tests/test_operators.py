@@ -83,3 +83,22 @@ def test_trilinear_corners_match_the_taps_and_have_an_adjoint():
     y = torch.randn(got.shape, generator=gen, dtype=torch.float64)
     back = trilinear_scatter_pairs(y, base, frac, size, torch.zeros_like(cube))
     assert abs(float((got * y).sum()) - float((cube * back).sum())) < 1e-9 * float(got.abs().sum())
+
+
+@pytest.mark.parametrize("kernel", ["trilinear", "lanczos"])
+def test_candidate_slicing_matches_the_sparse_operator_and_has_an_adjoint(kernel):
+    """The pruned search's slices of chosen rotations equal the stored operator's, and its adjoint is one."""
+    from cryosgd.forward.candidate_slicing import CandidateSlicing
+
+    freqs, _ = half_plane_frequencies(5.0)
+    band = BandTransform(24, 5.0, oversampling=2, kernel=kernel, dtype=torch.float64)
+    rots = torch.as_tensor(Rotation.random(12, random_state=4).as_matrix())
+    cube = torch.randn((band.size,) * 3 + (2,), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    dense = SparseSlicing(rots, torch.as_tensor(freqs), 2, band.size, kernel, torch.float64, "cpu")
+    chosen = torch.tensor([7, 2, 11])
+    cand = CandidateSlicing(rots.numpy(), freqs, band.size, 2, kernel, dtype=torch.float64)
+    y = cand.forward(cube, chosen)
+    assert torch.allclose(y, dense.forward_pairs(cube)[chosen], atol=1e-10)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    back = cand.adjoint(g, chosen)
+    assert abs(float((y * g).sum()) - float((cube.reshape(-1, 2) * back).sum())) < 1e-9 * float(y.abs().sum())

@@ -38,14 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..forward.interp import (
-    KERNELS,
-    interpolation_taps,
-    trilinear_corners,
-    trilinear_gather_pairs,
-    trilinear_scatter_pairs,
-)
-from ..forward.slicing import slice_coordinates
+from ..forward.candidate_slicing import CandidateSlicing
+from ..forward.interp import KERNELS
 from ..runtime.device import flush_denormals, tf32_products
 from .asymmetric_unit import restrict_to_asymmetric_unit
 from .likelihood import LOG_ZERO, LikelihoodBatch, LikelihoodResult, MarginalLikelihood
@@ -177,23 +171,18 @@ class PrunedLikelihood:
         self.child_count = torch.as_tensor(counts, **tt)
         self.child_start = torch.as_tensor(np.concatenate([[0], np.cumsum(counts)[:-1]]), **tt)
         self.solve = torch.as_tensor(variant_tables()[1], **tt)
-        self.base_t = torch.as_tensor(self.rotations.base, dtype=torch.float64)
         self.log_rot_weights = torch.as_tensor(np.maximum(self.rotations.variant_log_weights(), LOG_ZERO),
                                                dtype=dtype, device=self.device)          # (Mf, 8)
         taps = (2 * KERNELS[kernel]) ** 3
         fine_bytes = 2 * len(self.rotations.base) * self.n_points * taps * (4 + torch.finfo(dtype).bits // 8)
         self.exhaustive = None   # the exhaustive kernel, when its operator fits: for broad posteriors
-        self.tap_table = None    # (Mf, P, T) cube indices and weights of every fine rotation (not trilinear)
         if fine_bytes <= operator_limit:
             self.exhaustive = MarginalLikelihood(box, pixel_size, band_limit, self.rotations, fine_q.shifts,
                                                  fine_q.shift_weights, memory_budget=memory_budget, **kw)
-        if fine_bytes <= operator_limit and kernel != "trilinear":  # trilinear corners are computed per call
-            table = [], []
-            for i in range(0, len(self.rotations.base), 1024):
-                idx, w = self._taps(torch.arange(i, min(i + 1024, len(self.rotations.base))))
-                table[0].append(idx)
-                table[1].append(w)
-            self.tap_table = torch.cat(table[0]), torch.cat(table[1])
+        # the candidates' slices, interpolated per call (a table of taps only for non-trilinear kernels)
+        self.candidates = CandidateSlicing(self.rotations.base, self.frame.freqs, self.frame.band.size, oversampling,
+                                           kernel, dtype=dtype, device=self.device,
+                                           store_taps=fine_bytes <= operator_limit)
         self.chunk = self.coarse.chunk
         self.operator_bytes = self.coarse.operator_bytes + self.frame.operator_bytes + \
             (3 * fine_bytes // 2 if self.exhaustive is not None else 0)
@@ -277,48 +266,6 @@ class PrunedLikelihood:
         return base, var, sidx, r_keep, s_keep, per, ns
 
     # ------------------------------------------------------------- fine level
-    def _taps(self, base_idx: torch.Tensor):
-        """Interpolation taps ``(n, P, T)`` (flat cube indices, weights) of fine base rotations ``base_idx``:
-        from the stored table (see ``operator_limit``), else computed."""
-        if self.tap_table is not None:
-            return self.tap_table[0][base_idx], self.tap_table[1][base_idx]
-        coords = slice_coordinates(self.base_t[base_idx.cpu()], torch.as_tensor(self.frame.freqs)) * self.oversampling
-        idx, w = interpolation_taps(coords, self.frame.band.size, self.kernel_name)
-        return idx.to(self.device), w.to(self.device, self.dtype)
-
-    def _corners(self, base_idx: torch.Tensor):
-        """Trilinear corners ``base (n, P)`` and fractions ``(n, P, 3)`` of fine base rotations ``base_idx``,
-        computed on every call (cheap: a small product and a floor)."""
-        coords = slice_coordinates(self.base_t[base_idx.cpu()], torch.as_tensor(self.frame.freqs)) * self.oversampling
-        base, frac = trilinear_corners(coords, self.frame.band.size, self.dtype)
-        return base.to(self.device), frac.to(self.device)
-
-    def _slices(self, cube: torch.Tensor, union: torch.Tensor, block: int = 1024) -> torch.Tensor:
-        """``(U, P, 2)`` slices of fine base rotations ``union`` from the band cube ``(K, K, K, 2)``,
-        interpolated a block of rotations at a time."""
-        flat = cube.reshape(-1, 2)
-        out = torch.empty((len(union), self.n_points, 2), dtype=self.dtype, device=self.device)
-        for i in range(0, len(union), block):
-            if self.kernel_name == "trilinear":
-                base, frac = self._corners(union[i:i + block])
-                out[i:i + block] = trilinear_gather_pairs(flat, base, frac, self.frame.band.size)
-            else:
-                idx, w = self._taps(union[i:i + block])
-                out[i:i + block] = (flat[idx] * w[..., None]).sum(-2)
-        return out
-
-    def _slices_adjoint(self, grad: torch.Tensor, union: torch.Tensor, block: int = 1024) -> torch.Tensor:
-        """Adjoint of :meth:`_slices`: ``(U, P, 2)`` -> ``(K**3, 2)``."""
-        out = torch.zeros((self.frame.band.size ** 3, 2), dtype=self.dtype, device=self.device)
-        for i in range(0, len(union), block):
-            if self.kernel_name == "trilinear":
-                base, frac = self._corners(union[i:i + block])
-                trilinear_scatter_pairs(grad[i:i + block], base, frac, self.frame.band.size, out)
-            else:
-                idx, w = self._taps(union[i:i + block])
-                out.index_add_(0, idx.reshape(-1), (grad[i:i + block, :, None, :] * w[..., None]).reshape(-1, 2))
-        return out
-
     def __call__(self, volume: torch.Tensor, batch: PrunedBatch, *, gradient: bool = True,
                  poses: bool = True, image_weights: torch.Tensor | None = None) -> LikelihoodResult:
         """Log-likelihoods ``(B,)`` (nats), the gradient ``(N, N, N)`` of their negative sum, best poses.
@@ -349,7 +296,7 @@ class PrunedLikelihood:
         ub, uv = full // 8, full % 8
         union, binv = torch.unique(ub, return_inverse=True)
         cube = f.band.forward_pairs(volume)
-        y = self._slices(cube, union)                                                   # (U, P, 2)
+        y = self.candidates.forward(cube, union)                                        # (U, P, 2)
         # the slice of B T_v at data point p is the slice of B at index[v, p] (conjugated where conj)
         gidx = binv[:, None] * p + f.sym_index[uv]                                       # (U8, P)
         sign = torch.where(f.sym_conj[uv], -1.0, 1.0).to(self.dtype)                  # (U8, P)
@@ -400,7 +347,7 @@ class PrunedLikelihood:
             gf = g8.view(-1, p, 2).add_(yf * (w8 @ c2)[..., None])                       # norm term of d(-lse)
             gf[..., 1] *= sign
             gy = torch.zeros_like(y).view(-1, 2).index_add_(0, gidx.reshape(-1), gf.reshape(-1, 2))
-            grad = f.band.adjoint_pairs(self._slices_adjoint(gy.view(y.shape), union).view(cube.shape))
+            grad = f.band.adjoint_pairs(self.candidates.adjoint(gy.view(y.shape), union).view(cube.shape))
         self.last_stats = self._stats(counts, len(union))
         if not poses:
             return LikelihoodResult(lse, grad, None, None, None)
