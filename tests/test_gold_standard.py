@@ -68,7 +68,7 @@ def test_killed_gold_standard_run_resumes_to_the_same_maps(tmp_path, test_data):
                                 snr=0.05, ctf_from=test_data / "empiar10026_ctf.star", seed=4)
     particles = load_particles(paths.particles)
     settings = Settings(epochs=1.0, batch_size=20, test_size=30, learning_rate=0.5, evaluations=2, seed=2,
-                        checkpoint_every=0.0, gold_standard=True)
+                        checkpoint_every=0.0, gold_standard=True, max_shift=0.0)  # centred particles
     whole = gold_standard(particles, settings)
 
     def kill_in_half2(stage, done, total, info):
