@@ -149,7 +149,9 @@ def main() -> None:
                                                                  "(its defaults)")
     ap.add_argument("--relion-write", type=int, default=5, help="RELION writes its map every this many iterations")
     ap.add_argument("--relion-minutes", type=float, default=60.0, help="stop RELION after this long")
-    ap.add_argument("--only", choices=["cryosgd", "relion"], help="run one program; reuse the other's results")
+    ap.add_argument("--only", choices=["cryosgd", "relion", "report"],
+                    help="run one program and reuse the other's results, or neither (report: the table and figure "
+                         "from both programs' saved results)")
     ap.add_argument("--shift-sigma", type=float, default=0.0, help="particles off-centre by a normal of this "
                                                                     "many pixels (default 0: centred)")
     ap.add_argument("--apix", type=float, default=4.5, help="Å/pixel of the 64 px particles (default 4.5)")
