@@ -127,11 +127,13 @@ def test_dense_fallback_is_the_exhaustive_kernel(problem):
 
 
 def test_search_setting_chooses_the_kernel():
-    """``--search pruned`` builds the pruned estimator; the default stays the exhaustive reference."""
-    assert Settings().search == "exhaustive" and Settings.paper().search == "exhaustive"
+    """``--search pruned`` builds the pruned estimator, ``exhaustive`` (the paper's) the reference; ``auto``
+    (the default) chooses by the poses per image (tests/test_settings.py)."""
+    assert Settings().search == "auto" and Settings.paper().search == "exhaustive"
     assert isinstance(build_kernel(6.0, 32, 6.0, Settings(max_shift=2.0, precision="float64", search="pruned")),
                       PrunedLikelihood)
-    assert not isinstance(build_kernel(6.0, 32, 6.0, Settings(max_shift=2.0, precision="float64")), PrunedLikelihood)
+    assert not isinstance(build_kernel(6.0, 32, 6.0, Settings(max_shift=2.0, precision="float64", search="exhaustive")),
+                          PrunedLikelihood)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ The exhaustive kernel (:class:`.likelihood.MarginalLikelihood`) scores every rot
 quadrature chosen for band limit r.  This module scores them in two levels:
 
 1. **Coarse**: the exhaustive quadrature of the lower band ``r_c = r / 2`` (about 8x fewer
-   rotations; shifts on a grid of three times the fine step, which nests in the fine one; about 4x fewer
+   rotations; shifts on a grid of three (or two) times the fine step, which nests in the fine one; 4x fewer
    coefficients), with the exhaustive kernel's products.  Per image it gives the posterior marginal
    over coarse rotations and the one over coarse shifts.
 2. **Fine**: per image, keep the smallest set of coarse rotations holding ``1 - epsilon`` of the
@@ -98,9 +98,11 @@ class PrunedLikelihood:
                   taps; otherwise the candidates' taps are computed on each call.
     memory_budget: bytes for a chunk of coarse scores (default 1 GiB; the exhaustive kernel's
                   own budget where it is built).
-    coarse_shift_step: the coarse shift grid's spacing in fine steps (3: at 64 px, 15 Å and shifts within
-                  6.4 px, 29 coarse shifts against 69 at 2, half the time of a call, errors as small;
-                  at 4 one image lost 5 nats on the true density: BENCHMARKS.md).
+    coarse_shift_step: the coarse shift grid's spacing in fine steps.  Default: 3 where that leaves at
+                  least 3 coarse steps across the shift radius, else 2 (at 64 px, 15 Å and shifts within
+                  6.4 px, 3 gives 29 coarse shifts against 69, half the time of a call, errors as small;
+                  4 lost 5 nats on one image; on a radius of under 3 coarse steps, 3 lost 0.18 nats on
+                  one image of a random start: BENCHMARKS.md, tests/test_search.py).
     dense_above:  with the operator stored, a minibatch whose candidates exceed this fraction of the
                   exhaustive poses is scored by the exhaustive kernel (the same sum, faster there).
     symmetry:     a point group (name or ``(|G|, 3, 3)``; ``None``: C1): both levels' quadratures are
@@ -122,7 +124,7 @@ class PrunedLikelihood:
                  neighbours: int = 2, noise_std: float = 1.0, oversampling: int = 2,
                  kernel: str = "trilinear", dtype=torch.float32, device=None, memory_budget: int | None = None,
                  tf32: bool = False, fine_memory: int = 256 << 20, operator_limit: int = 1 << 30,
-                 dense_above: float = 0.1, coarse_shift_step: float = 3.0, symmetry=None):
+                 dense_above: float = 0.1, coarse_shift_step: float | None = None, symmetry=None):
         self.box, self.pixel_size, self.band_limit = box, pixel_size, band_limit
         self.epsilon, self.max_rotations, self.max_shifts = float(epsilon), max_rotations, max_shifts
         self.min_rotations, self.min_shifts = int(min_rotations), int(min_shifts)
@@ -136,6 +138,8 @@ class PrunedLikelihood:
         fine_q = choose_quadrature(band_limit, box, max_shift=max_shift, shift_sigma=shift_sigma)
         self.rotations = rotation_set_for_band(band_limit, fine_q.n_inplane)
         step = shift_step_for_band_limit(band_limit, box)
+        if coarse_shift_step is None:
+            coarse_shift_step = 3.0 if max_shift >= 3 * 3.0 * step else 2.0
         coarse_q = choose_quadrature(self.coarse_band, box, max_shift=max_shift, shift_sigma=shift_sigma,
                                      shift_step=coarse_shift_step * step)
         self.coarse_rotations = rotation_set_for_band(self.coarse_band, coarse_q.n_inplane)
