@@ -135,7 +135,7 @@ def test_every_learning_rate_diverging_is_one_line(tmp_path, monkeypatch, capsys
     write_stack(tmp_path / "s.mrcs", np.random.default_rng(0).standard_normal((200, 32, 32)))
     write_star(tmp_path / "p.star", "s.mrcs", 200)
     code = main(["reconstruct", str(tmp_path / "p.star"), "-o", str(tmp_path / "run"), "--epochs", "0.1",
-                 "--device", "cpu", "--tune-rate", "--resolution", "48"])
+                 "--device", "cpu", "--resolution", "48"])
     err = capsys.readouterr().err
     assert code == 2, err
     lines = [ln for ln in err.strip().splitlines() if ln]

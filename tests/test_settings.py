@@ -41,7 +41,9 @@ def test_command_line_paper_and_prior():
     args = parser.parse_args(["compare", "p.star", "-o", "run", "--lambda-minus", "1e-3"])
     settings = _settings_from(args)
     assert settings.nyquist_fraction is None and settings.lambda_minus == 1e-3
-    assert settings.search == "auto" and settings.max_shift is None and settings.tune_rate is False
+    assert settings.search == "auto" and settings.max_shift is None and settings.tune_rate is True
+    args = parser.parse_args(["reconstruct", "p.star", "-o", "run", "--probe-rate"])
+    assert _settings_from(args).tune_rate is False
 
 
 def test_negative_prior_rate_is_refused(small_set):

@@ -19,10 +19,11 @@ def _add_run_options(p, *, epochs=1.0) -> None:
     p.add_argument("--resolution", type=float, help="target resolution in Å (default: 15 Å, or 4 pixels where "
                                                     "Nyquist is coarser; 10%% of Nyquist with --paper)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--learning-rate", type=float, help="base learning rate (default: from one probe step; "
-                                                       "--tune-rate searches it)")
-    p.add_argument("--tune-rate", action="store_true", help="search the learning rate with short runs of "
-                                                            "several candidates (slower than the probe step)")
+    p.add_argument("--learning-rate", type=float, help="base learning rate (default: a short search of "
+                                                       "candidates on training images)")
+    p.add_argument("--probe-rate", action="store_true", help="set the learning rate from one probe step instead "
+                                                             "of the search: much faster, less reliable "
+                                                             "(docs/reconstruction.md)")
     p.add_argument("--max-shift", type=float, help="largest shift searched, pixels (default: 10%% of the box; "
                                                    "0: none, for centred particles)")
     p.add_argument("--search", choices=SEARCHES,

@@ -37,7 +37,7 @@ class Settings:
     checkpoint_every: float = 60.0          # seconds
     tune_images: int = 300
     tune_steps: int = 12
-    tune_rate: bool = False                 # search the rate with short runs; else one probe step (tuning.py)
+    tune_rate: bool = True                  # search the rate with short runs; False: one probe step (tuning.py)
     memory_budget: int | None = None       # bytes for the score matrix; None: from the memory available
     noise_std: float | None = None          # None: estimated from the background
     device: str = "cpu"
@@ -66,7 +66,7 @@ class Settings:
 
     @classmethod
     def from_options(cls, *, paper: bool = False, no_marching: bool = False, no_positivity: bool = False,
-                     no_mask: bool = False, no_centring: bool = False, **kw) -> Settings:
+                     no_mask: bool = False, no_centring: bool = False, probe_rate: bool = False, **kw) -> Settings:
         """Settings from command-line options: the plain default or the paper's (``paper``), the
         ``no_*`` switches, and field values, of which ``None`` leaves the default."""
         fields = {k: v for k, v in kw.items() if v is not None}
@@ -77,4 +77,6 @@ class Settings:
                 fields[key] = False
         if no_centring:
             fields["centre_every"] = 0
+        if probe_rate:
+            fields["tune_rate"] = False
         return (cls.paper if paper else cls)(**fields)

@@ -1,11 +1,11 @@
-"""The learning rate, set automatically: from one probe step (the default), or by a short search on
-training images, scored on others (``tune_rate``).
+"""The learning rate, set automatically: by a short search on training images, scored on others
+(:func:`tune_rate`, the default), or from one probe step (:func:`probe_rate`, ``--probe-rate``).
 
 Both start from the rate at which the optimiser's first step moves the density by 10% of its norm,
 measured by probing that step at rate 1 (:func:`probe_scale`).  The search tries candidates around it;
 the probe rule multiplies it by the factor the search chose on measured sets (:data:`PROBE_FACTOR`),
-which costs one minibatch gradient instead of about a hundred.  The test images, whose NLL a run
-reports, take no part (``docs/reconstruction.md``).
+which costs one minibatch gradient instead of about a hundred, but missed by a factor of 4 on one
+set (``docs/reconstruction.md``).  The test images, whose NLL a run reports, take no part.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def tune_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tenso
             yield grad_fn
 
     scale = probe_scale(optimizer, volume, next(iter(factory(100, seed))))
-    candidates = [scale * 10.0 ** (k / 2) for k in range(-3, 5)]
+    candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
     # score each candidate by the NLL of validation images (training images outside the tuning subset,
     # at the tuning band limit), not by the tuning minibatches: a short run on those rewards rates at the
     # edge of stability; the test images, whose NLL the run reports, play no part
