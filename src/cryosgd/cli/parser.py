@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("-o", "--output", required=True, help="output folder")
     pm.add_argument("--iterations", type=int, default=5, help="matching + reconstruction rounds (default 5)")
     pm.add_argument("--init", help="starting map or atomic model (default: the random spheres reconstruct uses)")
-    pm.add_argument("--resolution", type=float, help="matching band limit in Å (default: 25%% of Nyquist)")
+    pm.add_argument("--resolution", type=float, help="matching band limit in Å (default: 15 Å, or 4 pixels "
+                                                   "where Nyquist is coarser)")
     pm.add_argument("--max-shift", type=float, default=0.0, help="largest shift searched, pixels (default 0)")
     pm.add_argument("--particle-diameter", type=float, help="Å (default: 80%% of the box)")
     pm.add_argument("--seed", type=int, default=0)

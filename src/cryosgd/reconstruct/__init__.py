@@ -18,10 +18,13 @@ the paper's plain setting stays reproducible: ``Settings.paper()``):
 * noise: images are divided by their noise std, estimated from the background
   outside the particle, so sigma = 1 in the likelihood.
 
-The target resolution is 25% of Nyquist unless given (10% in the paper's
-setting).  Kept in the paper's setting too: the learning rate is tuned on
-validation images, and a step whose minibatch objective blows up is undone and
-the rate halved (the divergence guard; see ``docs/reconstruction.md``).
+Also by default: shifts are searched within 10% of the box, the pose search is
+pruned where an image has more than 2 million poses, and the target resolution is
+15 Å (4 pixels where Nyquist is coarser) unless given (10% of Nyquist, every pose
+and no shifts in the paper's setting).  Kept in the paper's setting too: the
+learning rate is tuned on validation images, and a step whose minibatch objective
+blows up is undone and the rate halved (the divergence guard; see
+``docs/reconstruction.md``).
 
 The package, one concern a module: :mod:`.settings` (the settings), :mod:`.dataset` (images, split,
 noise and contrast, the random start), :mod:`.schedule` (target resolution, band limits, kernels),
