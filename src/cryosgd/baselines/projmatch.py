@@ -240,7 +240,8 @@ def projection_matching(particles: ParticleSet, *, iterations: int = 5, init=Non
     init:              ``(N, N, N)`` starting map (any scale: the correlation is scale-free);
                        None: the random spheres :func:`cryosgd.reconstruct.reconstruct` starts from
                        with the same ``seed``.
-    resolution:        Å, the matching band limit; None: ``reconstruct``'s default (15 Å, or 4 pixels where Nyquist is coarser).
+    resolution:        Å, the matching band limit; None: ``reconstruct``'s default (15 Å, or 4 pixels
+                       where Nyquist is coarser).
     max_shift:         pixels, radius of the shift search (0: images taken as centred).
     particle_diameter: Å, for the noise estimate and the mask; None: 0.8 of the box.
     progress:          ``progress(done_iterations, iterations, row)`` after every iteration.
