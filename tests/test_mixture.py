@@ -10,8 +10,8 @@ from cryosgd.inference.mixture import MixtureObjective, mixture_log_likelihood
 from cryosgd.inference.objective import Objective
 from cryosgd.inference.prior import DensityPrior
 from cryosgd.inference.search import PrunedLikelihood
-from cryosgd.optim import make_optimizer, roll_state
-from cryosgd.reconstruct.classes import ClassMixture, map_class_tensors
+from cryosgd.optim import make_optimizer, map_state, roll_state
+from cryosgd.reconstruct.classes import ClassMixture
 from test_likelihood import naive_log_likelihood, tiny_problem
 
 PRIOR = DensityPrior(1e-2, 1e-2)
@@ -126,8 +126,8 @@ def test_each_class_and_its_optimiser_state_move_on_their_own():
     for k in range(2):
         v, shift = centre_density(vols[k], return_shift=True)
         assert torch.equal(moved[k], v)
-        single = roll_state(map_class_tensors(state, vols.shape, lambda t, k=k: t[k].clone()), shift, (n,) * 3)
-        assert torch.equal(map_class_tensors(new_state, vols.shape, lambda t, k=k: t[k].clone()).velocity,
+        single = roll_state(map_state(state, vols.shape, lambda t, k=k: t[k].clone()), shift, (n,) * 3)
+        assert torch.equal(map_state(new_state, vols.shape, lambda t, k=k: t[k].clone()).velocity,
                            single.velocity)
     assert torch.equal(new_state.velocity[1], state.velocity[1])  # class 2 did not move
 

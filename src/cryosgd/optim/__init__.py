@@ -25,6 +25,7 @@ from .base import (
     constant_schedule,
     finite_difference_epsilon,
     inverse_power_decay,
+    map_state,
     nonnegative,
     roll_state,
     sutskever_momentum,
@@ -45,7 +46,7 @@ __all__ = [
     "SGDState", "MomentumState", "AdagradState", "TongaState", "OnlineLBFGSState",
     "HessianFreeState",
     "constant_schedule", "inverse_power_decay", "sutskever_momentum", "as_schedule",
-    "with_projection", "nonnegative", "zero_outside", "windowed", "compose", "roll_state",
+    "with_projection", "nonnegative", "zero_outside", "windowed", "compose", "roll_state", "map_state",
     "finite_difference_epsilon", "finite_difference_hvp", "conjugate_gradient",
     "tune_learning_rate", "reference_learning_rate",
 ]

@@ -39,7 +39,7 @@ __all__ = [
     "Optimizer", "GradFn", "HvpFn", "Projection", "Schedule",
     "constant_schedule", "inverse_power_decay", "sutskever_momentum", "as_schedule",
     "with_projection", "nonnegative", "zero_outside", "windowed", "compose",
-    "finite_difference_epsilon", "roll_state",
+    "finite_difference_epsilon", "roll_state", "map_state",
 ]
 
 GradFn = Callable[[Tensor], "tuple[Tensor | float, Tensor]"]
@@ -193,28 +193,23 @@ def finite_difference_epsilon(params: Tensor, direction: Tensor) -> float:
     return math.sqrt(torch.finfo(params.dtype).eps) * (1.0 + norm_p) / norm_v
 
 
-def roll_state(state: Any, shifts: tuple[int, ...], shape: tuple[int, ...]) -> Any:
-    """The optimiser state for parameters rolled by ``torch.roll(params, shifts, dims=(0, 1, ...))``.
+def map_state(state: Any, shape: tuple[int, ...], fn: Callable[[Tensor], Tensor]) -> Any:
+    """``state`` with ``fn`` applied to every tensor that lives in the frame of parameters of ``shape``.
 
-    A roll permutes the coordinates, so running an optimiser on the rolled
-    problem from the rolled start gives exactly the rolled state: every tensor
-    that lives in the parameters' frame moves with them, and everything else
-    (counters, damping, TONGA's Gram matrix of inner products, scalars) stays.
-    Parameter-shaped tensors (momenta, AdaGrad's sums, L-BFGS pairs, HF's warm
-    start) are rolled; ``(n_params, m)`` tensors (TONGA's factor, one column
-    per vector) are rolled column by column; tuples and NamedTuples are walked.
+    Parameter-shaped tensors (momenta, AdaGrad's sums, L-BFGS pairs, HF's warm start) go to ``fn`` as
+    they are; ``(n_params, m)`` tensors (TONGA's factor, one column per vector) as ``(*shape, m)`` and
+    back; tuples and NamedTuples are walked; everything else (counters, damping, TONGA's Gram matrix
+    of inner products, scalars) stays.  ``fn`` must act on the leading ``shape`` dimensions only.
     """
     shape = tuple(shape)
-    dims = tuple(range(len(shape)))
     n = math.prod(shape)
 
     def move(leaf):
         if isinstance(leaf, Tensor):
             if tuple(leaf.shape) == shape:
-                return torch.roll(leaf, shifts=tuple(shifts), dims=dims)
+                return fn(leaf)
             if leaf.dim() == 2 and leaf.shape[0] == n and n > 1:
-                cols = leaf.reshape(*shape, leaf.shape[1])
-                return torch.roll(cols, shifts=tuple(shifts), dims=dims).reshape(n, leaf.shape[1])
+                return fn(leaf.reshape(*shape, leaf.shape[1])).reshape(n, leaf.shape[1])
             return leaf
         if isinstance(leaf, tuple):
             moved = [move(x) for x in leaf]
@@ -222,3 +217,15 @@ def roll_state(state: Any, shifts: tuple[int, ...], shape: tuple[int, ...]) -> A
         return leaf
 
     return move(state)
+
+
+def roll_state(state: Any, shifts: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+    """The optimiser state for parameters rolled by ``torch.roll(params, shifts, dims=(0, 1, ...))``.
+
+    A roll permutes the coordinates, so running an optimiser on the rolled
+    problem from the rolled start gives exactly the rolled state: every tensor
+    that lives in the parameters' frame moves with them (:func:`map_state`;
+    TONGA's factor column by column), and everything else stays.
+    """
+    dims = tuple(range(len(shape)))
+    return map_state(state, shape, lambda t: torch.roll(t, shifts=tuple(shifts), dims=dims))

@@ -30,12 +30,13 @@ from torch import Tensor
 from ..forward.density import random_spheres
 from ..inference.mixture import MixtureObjective, mixture_log_likelihood
 from ..io import InputError, ParticleSet
+from ..optim import map_state
 from ..runtime import parallel
 from ..runtime.parallel import sum_across
 from .dataset import initial_density
 from .schedule import build_kernel
 
-__all__ = ["ClassMixture", "assign_class_poses", "map_class_tensors", "check_classes"]
+__all__ = ["ClassMixture", "assign_class_poses", "check_classes"]
 
 PROPORTION_RATE = 0.2      # weight of a minibatch's mean posteriors in the running proportions
 PROPORTION_FLOOR = 0.02    # no proportion falls below this (then renormalised)
@@ -56,29 +57,6 @@ def check_classes(value) -> int:
     if not (math.isfinite(k) and k == int(k) and k >= 1):
         raise InputError("--classes", f"{value!s} is not a whole number of classes >= 1")
     return int(k)
-
-
-def map_class_tensors(state: Any, shape: tuple, fn: Callable[[Tensor], Tensor]) -> Any:
-    """``state`` with ``fn`` applied to every tensor in the frame of the ``(K, N, N, N)`` densities.
-
-    Parameter-shaped tensors go to ``fn`` as they are; ``(K*N^3, m)`` tensors (TONGA's factor) as
-    ``(K, N, N, N, m)``; tuples and NamedTuples are walked; everything else stays.
-    """
-    shape, n = tuple(shape), math.prod(shape)
-
-    def move(leaf):
-        if isinstance(leaf, Tensor):
-            if tuple(leaf.shape) == shape:
-                return fn(leaf)
-            if leaf.dim() == 2 and leaf.shape[0] == n and n > 1:
-                return fn(leaf.reshape(*shape, leaf.shape[1])).reshape(n, leaf.shape[1])
-            return leaf
-        if isinstance(leaf, tuple):
-            moved = [move(x) for x in leaf]
-            return type(leaf)(*moved) if hasattr(leaf, "_fields") else tuple(moved)
-        return leaf
-
-    return move(state)
 
 
 def _roll_class(j: int, shift: tuple) -> Callable[[Tensor], Tensor]:
@@ -158,7 +136,7 @@ class ClassMixture:
         volume = volume.clone()
         volume[small] = (1 - RESEED_MIX) * volume[big] + RESEED_MIX * spheres
         volume = projection(volume)
-        opt_state = map_class_tensors(opt_state, tuple(volume.shape), _copy_class(big, small))
+        opt_state = map_state(opt_state, tuple(volume.shape), _copy_class(big, small))
         share = 0.5 * (pi[big] + pi[small])
         pi[big], pi[small] = share, share
         self.log_proportions = torch.log(pi / pi.sum())
@@ -172,7 +150,7 @@ class ClassMixture:
             v, shift = centre(volume[j], return_shift=True)
             parts.append(v)
             if any(shift):
-                opt_state = map_class_tensors(opt_state, tuple(volume.shape), _roll_class(j, shift))
+                opt_state = map_state(opt_state, tuple(volume.shape), _roll_class(j, shift))
         return torch.stack(parts), opt_state
 
 
