@@ -30,39 +30,10 @@ import numpy as np
 from cryosgd.evaluate import compare_maps
 from cryosgd.io import load_particles, read_map
 from cryosgd.reconstruct import Settings, build_kernel
+from cryosgd.simulation import symmetric_assembly
 from cryosgd.symmetry import point_group
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
-
-
-def d7_assembly(path: Path, offset=(25.0, 0.0, 12.0)) -> Path:
-    """Chain N of 8ZPM, centred, moved by ``offset`` (Å, x y z) and copied by D7's 14 operators."""
-    import gemmi
-
-    st = gemmi.read_structure(str(DATA / "8zpm.cif.gz"))
-    st.remove_hydrogens()
-    st.remove_ligands_and_waters()
-    chain = st[0]["N"]
-    pos = np.array([a.pos.tolist() for res in chain for a in res])
-    centre = pos.mean(0)
-    model = gemmi.Model("1")
-    for i, g in enumerate(point_group("D7")):
-        copy = gemmi.Chain("ABCDEFGHIJKLMN"[i])
-        for res in chain:
-            new = gemmi.Residue()
-            new.name, new.seqid, new.entity_type, new.het_flag = res.name, res.seqid, res.entity_type, res.het_flag
-            for atom in res:
-                a = gemmi.Atom()
-                a.name, a.element, a.occ, a.b_iso = atom.name, atom.element, atom.occ, atom.b_iso
-                a.pos = gemmi.Position(*(g @ (np.array(atom.pos.tolist()) - centre + np.asarray(offset))))
-                new.add_atom(a)
-            copy.add_residue(new)
-        model.add_chain(copy)
-    out = gemmi.Structure()
-    out.add_model(model)
-    out.setup_entities()
-    out.write_pdb(str(path))
-    return path
 
 
 def cryosgd(*args, run: bool = True) -> str:
@@ -118,7 +89,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     sim = out / "sim"
     if not (sim / "particles.star").is_file():
-        model = d7_assembly(out / "d7_assembly.pdb")
+        model = symmetric_assembly(DATA / "8zpm.cif.gz", out / "d7_assembly.pdb", chain="N", group="D7")
         print(cryosgd("simulate", model, "-o", sim, "-n", args.n, "--box", args.box, "--apix", args.apix,
                       "--snr", 0.05, "--shift-sigma", args.shift_sigma, "--seed", 1,
                       "--ctf-from", DATA / "empiar10026_ctf.star"), file=sys.stderr)

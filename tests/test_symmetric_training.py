@@ -32,6 +32,7 @@ from cryosgd.inference.rotation_set import build_rotation_set, rotation_set_for_
 from cryosgd.inference.search import PrunedLikelihood
 from cryosgd.io import read_map
 from cryosgd.reconstruct.symmetric import symmetrise_tensor
+from cryosgd.simulation import symmetric_assembly
 from cryosgd.symmetry import point_group
 from relion import RelionPrograms, relion_programs  # noqa: F401  (relion_programs: a fixture)
 
@@ -169,37 +170,6 @@ def test_bad_symmetry_is_one_line_and_writes_nothing(tmp_path, capsys, test_data
 
 
 # ---------------------------------------------------------------------------------- end to end
-def _d7_assembly(test_data, path):
-    """Chain N of 8ZPM moved off the axes (25 Å from z, 12 Å above the xy plane) and copied by the
-    14 operators of D7 (RELION's orientation) about the origin: a 14-chain D7 assembly."""
-    import gemmi
-
-    st = gemmi.read_structure(str(test_data / "8zpm.cif.gz"))
-    st.remove_hydrogens()
-    st.remove_ligands_and_waters()
-    chain = st[0]["N"]
-    pos = np.array([a.pos.tolist() for res in chain for a in res])
-    centre = pos.mean(0)
-    model = gemmi.Model("1")
-    for i, g in enumerate(point_group("D7")):
-        copy = gemmi.Chain("ABCDEFGHIJKLMN"[i])
-        for res in chain:
-            new = gemmi.Residue()
-            new.name, new.seqid, new.entity_type, new.het_flag = res.name, res.seqid, res.entity_type, res.het_flag
-            for atom in res:
-                a = gemmi.Atom()
-                a.name, a.element, a.occ, a.b_iso = atom.name, atom.element, atom.occ, atom.b_iso
-                a.pos = gemmi.Position(*(g @ (np.array(atom.pos.tolist()) - centre + [25.0, 0.0, 12.0])))
-                new.add_atom(a)
-            copy.add_residue(new)
-        model.add_chain(copy)
-    out = gemmi.Structure()
-    out.add_model(model)
-    out.setup_entities()
-    out.write_pdb(str(path))
-    return path
-
-
 def _masked_cc(a, b, radius):
     m = soft_mask(a.shape[0], radius).numpy()
     a, b = (a - a.mean()) * m, (b - b.mean()) * m
@@ -216,7 +186,8 @@ def test_d7_reconstruction_recovers_the_assembly_and_is_symmetric(tmp_path, test
     if handler is None:
         pytest.fail("RELION is installed but relion_image_handler is not on PATH")
     relion = RelionPrograms({**relion_programs.paths, "relion_image_handler": handler})
-    model = _d7_assembly(test_data, tmp_path / "d7.pdb")
+    # chain N of 8ZPM, 25 Å from z and 12 Å above the xy plane, copied by the 14 operators of D7
+    model = symmetric_assembly(test_data / "8zpm.cif.gz", tmp_path / "d7.pdb", chain="N", group="D7")
     sim = tmp_path / "sim"
     assert cli(["simulate", str(model), "-o", str(sim), "-n", "1500", "--box", "32", "--apix", "5.5",
                 "--snr", "0.05", "--shift-sigma", "1.5", "--seed", "3",
