@@ -30,8 +30,6 @@ import argparse
 import json
 import os
 import resource
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -41,7 +39,7 @@ import starfile
 from cryosgd.evaluate import compare_maps
 from cryosgd.io import load_particles, read_map
 from cryosgd.simulation import simulate_mixture
-from machine import cpu_model
+from machine import cpu_model, run_for
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 BOX, APIX = 32, 6.0
@@ -111,16 +109,8 @@ def run_relion(out: Path, minutes: float, iters=(10, 30, 10), write: int = 5) ->
            "--pool", "30", "--pad", "1", "--skip_gridding", "--dont_combine_weights_via_disc",
            "--random_seed", "1"]
     t0 = time.time()
-    with open(rdir / "stdout.txt", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=star.parent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            proc.wait(timeout=minutes * 60)
-            finished = True
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
-            finished = False
+    finished, _ = run_for(cmd, cwd=star.parent, log_path=rdir / "stdout.txt", minutes=minutes,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     wall = time.time() - t0
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu.ru_utime + cpu.ru_stime, 1), "finished": finished,

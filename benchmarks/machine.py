@@ -14,3 +14,21 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def run_for(cmd: list[str], *, cwd, log_path, minutes: float, env=None) -> tuple[bool, int | None]:
+    """Run ``cmd`` in ``cwd`` (its own process group; stdout and stderr to ``log_path``) for at most
+    ``minutes``; then the whole group is stopped.  Returns ``(finished, returncode)``."""
+    import os
+    import signal
+    import subprocess
+
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            proc.wait(timeout=minutes * 60)
+            return True, proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            return False, proc.returncode

@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -39,7 +36,7 @@ from cryosgd.forward.simulate import draw_ctfs
 from cryosgd.io import load_particles, read_map
 from cryosgd.reconstruct import Settings, reconstruct
 from cryosgd.simulation import load_source_volume, relion_simulate, require_relion
-from machine import cpu_model
+from machine import cpu_model, run_for
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BOX = 64
@@ -104,17 +101,9 @@ def run_relion(star: Path, out: Path, truth, iters, write: int, minutes: float, 
     cmd = relion_command(star, out, iters, write, DIAMETER, threads, offsets)
     t0 = time.time()
     (out / "started.txt").write_text(f"{t0}\n")
-    with open(out / "stdout.txt", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=star.parent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=minutes * 60)
-            finished = True
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
-            finished = False
+    finished, code = run_for(cmd, cwd=star.parent, log_path=out / "stdout.txt", minutes=minutes)
     wall = time.time() - t0
-    if finished and proc.returncode != 0:
+    if finished and code != 0:
         raise RuntimeError(f"relion_refine failed; see {out / 'stdout.txt'}")
     return {"wall_s": round(wall, 1), "finished": finished, "command": " ".join(cmd),
             "curve": relion_curve(out, truth, t0)}
