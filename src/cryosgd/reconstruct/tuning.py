@@ -45,6 +45,27 @@ def tuning_split(dataset: Dataset, *, tune_images: int, validation_size: int) ->
     return train[:min(len(train) - n_val, tune_images)], train[len(train) - n_val:]
 
 
+def _minibatch_objectives(dataset: Dataset, kern, objective, subset: np.ndarray, *, seed: int, batch_size: int,
+                          steps: int, cache: dict | None = None):
+    """``steps`` minibatch objectives ``grad_fn(volume) -> (value, gradient)`` on minibatches of
+    ``subset`` drawn in a fixed order from ``seed`` (the search's and the probe's first is the same);
+    prepared minibatches are kept in ``cache``."""
+    cache = {} if cache is None else cache
+    rng = np.random.default_rng([seed, 11])
+    for _ in range(steps):
+        idx = np.sort(rng.choice(subset, size=min(batch_size, len(subset)), replace=False))
+        key = tuple(idx)
+        if key not in cache:
+            local = parallel.shard(idx)
+            cache[key] = kern.prepare(dataset.images(local), dataset.particles.ctf[local])
+
+        def grad_fn(p, _mb=cache[key], _n=len(idx)):
+            o = objective(p, _mb, total=_n)
+            return o.value, o.gradient
+
+        yield grad_fn
+
+
 def tune_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tensor, projection, n_train: int, *,
               seed: int, tune_images: int = 300, tune_steps: int = 12, validation_size: int = 100,
               objective=None) -> float:
@@ -56,20 +77,8 @@ def tune_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tenso
     cache = {}
 
     def factory(batch_size, seed):
-        rng = np.random.default_rng([seed, 11])
-        for _ in range(tune_steps):
-            idx = np.sort(rng.choice(subset, size=min(batch_size, len(subset)), replace=False))
-            key = tuple(idx)
-            if key not in cache:
-                local = parallel.shard(idx)
-                cache[key] = kern.prepare(dataset.images(local), dataset.particles.ctf[local])
-            mb = cache[key]
-
-            def grad_fn(p, _mb=mb, _n=len(idx)):
-                o = objective(p, _mb, total=_n)
-                return o.value, o.gradient
-
-            yield grad_fn
+        return _minibatch_objectives(dataset, kern, objective, subset, seed=seed, batch_size=batch_size,
+                                     steps=tune_steps, cache=cache)
 
     scale = probe_scale(optimizer, volume, next(iter(factory(100, seed))))
     candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
@@ -121,14 +130,7 @@ def probe_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tens
     :func:`probe_scale` times :data:`PROBE_FACTOR` and the safety factors of :func:`tune_rate`;
     ``objective`` as for :func:`tune_rate`."""
     subset, _ = tuning_split(dataset, tune_images=tune_images, validation_size=validation_size)
-    idx = np.sort(np.random.default_rng([seed, 11]).choice(subset, size=min(100, len(subset)), replace=False))
-    local = parallel.shard(idx)
-    batch = kern.prepare(dataset.images(local), dataset.particles.ctf[local])
     objective = Objective(kern, prior, n_train) if objective is None else objective
-
-    def grad_fn(p):
-        o = objective(p, batch, total=len(idx))
-        return o.value, o.gradient
-
+    grad_fn = next(_minibatch_objectives(dataset, kern, objective, subset, seed=seed, batch_size=100, steps=1))
     scale = probe_scale(optimizer, volume, grad_fn)
     return scale * PROBE_FACTOR[optimizer] * TUNE_SAFETY * TUNE_SAFETY_EXTRA.get(optimizer, 1.0)
