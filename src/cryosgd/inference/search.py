@@ -128,7 +128,7 @@ class PrunedLikelihood:
         self.box, self.pixel_size, self.band_limit = box, pixel_size, band_limit
         self.epsilon, self.max_rotations, self.max_shifts = float(epsilon), max_rotations, max_shifts
         self.min_rotations, self.min_shifts = int(min_rotations), int(min_shifts)
-        self.fine_memory, self.kernel_name, self.oversampling = int(fine_memory), kernel, oversampling
+        self.fine_memory = int(fine_memory)
         self.dense_above = float(dense_above)
         self.coarse_memory = 1 << 30 if memory_budget is None else int(memory_budget)
         self.dtype, self.device = dtype, torch.device(device or "cpu")
