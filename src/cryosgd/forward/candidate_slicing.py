@@ -40,7 +40,10 @@ class CandidateSlicing:
             self.table = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _coords(self, index: torch.Tensor) -> torch.Tensor:
-        return slice_coordinates(self.rotations[index.cpu()], self.freqs) * self.oversampling
+        # in the operator's precision: float32 coordinates below 100 grid steps carry fractions to
+        # 1e-5, and cost a quarter of float64's time
+        freqs = self.freqs if self.dtype == torch.float64 else self.freqs.float()
+        return slice_coordinates(self.rotations[index.cpu()], freqs) * self.oversampling
 
     def _taps(self, index: torch.Tensor):
         if self.table is not None:
