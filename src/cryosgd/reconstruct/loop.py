@@ -26,7 +26,7 @@ from ..runtime.memory import peak_rss_bytes
 from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .classes import ClassMixture, check_classes
 from .dataset import initial_density, load_dataset, particle_diameter_px
-from .nll_baseline import one_rotation_kernel, sphere_baseline
+from .nll_baseline import invariant_nll, one_rotation_kernel, sphere_baseline
 from .schedule import band_schedule, build_kernel, check_resolution, shift_range_px
 from .settings import Settings
 from .symmetric import check_symmetry, symmetrise_tensor
@@ -344,7 +344,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         return sphere_baseline(Objective(final_kernel, prior, n_train), volume, test_batch_for(r_final),
                                total=len(dataset.test), radius_px=radius_px,
                                images=dataset.images(np.sort(dataset.train[:300])),
-                               sphere_objective=Objective(sphere_kernel, prior, n_train), sphere_batch=sphere_batch)
+                               sphere_nll=invariant_nll(sphere_kernel, sphere_batch))
 
     prefetch.close()
     volume = symmetrise_tensor(volume, settings.symmetry)  # once, what interpolation left (C1: unchanged)
