@@ -4,7 +4,7 @@
 Both start from the rate at which the optimiser's first step moves the density by 10% of its norm,
 measured by probing that step at rate 1 (:func:`probe_scale`).  The search tries candidates around it;
 the probe rule multiplies it by the factor the search chose on measured sets (:data:`PROBE_FACTOR`),
-which costs one minibatch gradient instead of 50 to 70, but missed by a factor of 4 on one
+which costs one minibatch gradient instead of 50 or more, but missed by a factor of 4 on one
 set (``docs/reconstruction.md``).  The test images, whose NLL a run reports, take no part.
 """
 from __future__ import annotations
