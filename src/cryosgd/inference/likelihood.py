@@ -184,6 +184,12 @@ class MarginalLikelihood:
         return self.slices_adjoint_pairs(torch.view_as_real(grad_slices.contiguous()))
 
     # ---------------------------------------------------------------- kernel
+    def shift_bias(self, batch: LikelihoodBatch) -> torch.Tensor:
+        """``(B, S)`` the terms of a pose's log joint score that depend on the image and shift only:
+        ``log w_s - |d|^2 / (2 sigma^2) - (n_full / 2) log(2 pi sigma^2)`` (nats)."""
+        return (self.log_shift_weights[None, :] - 0.5 / self.noise_std**2 * batch.data_norm[:, None]
+                - 0.5 * self.n_full * math.log(2 * math.pi * self.noise_std**2))
+
     def _rows(self, batch: LikelihoodBatch):
         """Data-side matrices: cross rows ``(B*8*S, 2P+1)`` and norm rows ``(B*8, P)``.
 
@@ -195,8 +201,7 @@ class MarginalLikelihood:
         inv2 = 1.0 / self.noise_std**2
         h = (self.weights * batch.ctf)[:, None, :] * batch.data.conj()[:, None, :] * self.phases[None]  # (B,S,P)
         g, c2v = expand_variants(h, self.weights * batch.ctf**2, self.sym_index, self.sym_conj)  # (B,8,S,P), (B,8,P)
-        row_bias = (self.log_shift_weights[None, :] - 0.5 * inv2 * batch.data_norm[:, None]
-                    - 0.5 * self.n_full * math.log(2 * math.pi * self.noise_std**2))          # (B,S)
+        row_bias = self.shift_bias(batch)                                                 # (B,S)
         pairs = torch.stack([g.real, -g.imag], -1).view(b, 8, s, 2 * p) * inv2
         cross = torch.cat([pairs, row_bias[:, None, :, None].expand(b, 8, s, 1)], dim=3)   # (B,8,S,2P+1)
         return cross.reshape(b * 8 * s, 2 * p + 1), c2v.reshape(b * 8, p)

@@ -103,12 +103,11 @@ def invariant_nll(kernel, batch):
 
     Every rotation gives such a map the same slice y, so its marginal is over shifts alone, and the
     scores are linear in the scale a: ``a X_bs - a^2 N_b / 2 + bias_bs`` with the cross term ``X``
-    ``(B, S)`` and the norm ``N`` ``(B,)`` of the kernel's own likelihood (``likelihood.py``).  One
+    ``(B, S)`` and the norm ``N`` ``(B,)`` of the kernel's own likelihood, and its ``shift_bias``.  One
     slice and one product then score every scale; the kernel itself would expand its data over 8
     variants and all shifts on every call (2 s for 100 images at 64 px and 15 Å)."""
     inv2 = 1.0 / kernel.noise_std ** 2
-    const = -0.5 * kernel.n_full * math.log(2 * math.pi * kernel.noise_std ** 2)
-    bias = kernel.log_shift_weights[None] - 0.5 * inv2 * batch.data_norm[:, None] + const          # (B, S)
+    bias = kernel.shift_bias(batch)                                                                 # (B, S)
 
     def nll(unit: torch.Tensor, scales) -> torch.Tensor:
         y = torch.view_as_complex(kernel.slices_pairs(unit.to(kernel.device, kernel.dtype))[0].contiguous())  # (P,)
