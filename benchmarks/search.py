@@ -36,7 +36,7 @@ from cryosgd.forward.density import random_spheres
 from cryosgd.forward.simulate import simulate_particles
 from cryosgd.inference.search import PrunedLikelihood
 from cryosgd.reconstruct import Settings, build_kernel
-from cryosgd.runtime.memory import peak_rss_bytes
+from cryosgd.runtime.memory import peak_rss_bytes, reuse_freed_memory
 from cryosgd.simulation import load_source_volume
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "cryosgd" / "data" / "demo_5fuu_64px_3A.mrc"
@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
+        reuse_freed_memory()  # as the command line does
         for row in one(args.one, args.repeats, args.check):
             print(json.dumps(row), flush=True)
         return

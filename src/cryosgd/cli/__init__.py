@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 
-from ..runtime import launch, parallel
+from ..runtime import launch, memory, parallel
 from .commands import _settings_from  # noqa: F401  (used by tests and notebooks)
 from .parser import build_parser
 
@@ -22,6 +22,7 @@ def main(argv=None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    memory.reuse_freed_memory()
     if getattr(args, "nproc", 1) > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return launch.run_spawned(main, argv, args.nproc)
     device = getattr(args, "device", "cpu")

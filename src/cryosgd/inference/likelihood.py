@@ -33,7 +33,7 @@ from ..forward.ctf import CTFParams, compute_ctf
 from ..forward.shift import phase_shifts
 from ..forward.sparse_slicing import SparseSlicing
 from ..fourier import fft2c
-from ..runtime.device import flush_denormals, tf32_products
+from ..runtime.device import exp_floored_, flush_denormals, tf32_products
 from ..runtime.memory import default_memory_budget
 from .rotation_set import RotationSet, expand_variants, half_plane_permutations
 
@@ -292,12 +292,12 @@ class MarginalLikelihood:
                 best_val = torch.where(better, cmax, best_val)
             new_m = torch.maximum(m, cmax)
             if keep:
-                sc.sub_(new_m.repeat_interleave(8 * s)[None, :]).exp_()
+                exp_floored_(sc.sub_(new_m.repeat_interleave(8 * s)[None, :]))
                 z = z * torch.exp(m - new_m) + sc.sum(0).view(b, -1).sum(1)
                 stored = sc
             else:
                 per_image = sc.view(stop - start, b, 8 * s)
-                z = z * torch.exp(m - new_m) + torch.exp(per_image - new_m[None, :, None]).sum((0, 2))
+                z = z * torch.exp(m - new_m) + exp_floored_(per_image - new_m[None, :, None]).sum((0, 2))
             m = new_m
         lse = m + torch.log(z)
         grad = None
@@ -319,7 +319,7 @@ class MarginalLikelihood:
                     resp = stored
                 else:
                     resp = scores(start, stop)
-                    resp.view(stop - start, b, 8 * s).sub_(lse[None, :, None]).exp_()
+                    exp_floored_(resp.view(stop - start, b, 8 * s).sub_(lse[None, :, None]))
                 if back is not None:
                     part = resp @ back
                 else:

@@ -40,7 +40,7 @@ import torch
 
 from ..forward.candidate_slicing import CandidateSlicing
 from ..forward.interp import KERNELS
-from ..runtime.device import flush_denormals, tf32_products
+from ..runtime.device import exp_floored_, flush_denormals, tf32_products
 from .asymmetric_unit import restrict_to_asymmetric_unit
 from .likelihood import LOG_ZERO, LikelihoodBatch, LikelihoodResult, MarginalLikelihood
 from .quadrature import (
@@ -226,7 +226,7 @@ class PrunedLikelihood:
                 # each rotation relative to its own best shift, so that far-off rotations keep their rank
                 # instead of underflowing to -inf together
                 m = sc.amax(3)                                                          # (C, G, 8)
-                e = sc.sub_(m[..., None]).exp_()
+                e = exp_floored_(sc.sub_(m[..., None]))
                 rot[g, :, start:stop] = (e.sum(3).log_() + m).permute(1, 2, 0)
                 top = m.amax((0, 2))                                                    # (G,)
                 wm = (m - top[None, :, None]).exp_()                                    # (C, G, 8)
@@ -302,7 +302,7 @@ class PrunedLikelihood:
     def _fine(self, volume, batch, base, var, sidx, gradient, poses, counts, weights=None) -> LikelihoodResult:
         """Score candidates ``base``/``var`` ``(B, n)`` x shifts ``sidx`` ``(B, s)`` (-1: padding)."""
         f, p = self.frame, self.n_points
-        b, n, s = len(batch), base.shape[1], sidx.shape[1]
+        b = len(batch)
         inv2 = 1.0 / self.noise_std ** 2
         dev = self.device
         # the full rotations B T_v in use, their base rotations, and their slices
@@ -328,34 +328,35 @@ class PrunedLikelihood:
         if gradient:
             g8 = torch.zeros_like(yf2)
             w8 = torch.zeros((len(full), b), dtype=self.dtype, device=dev)
-        per_image = max(1, n * (2 * p + 2 * s) * (torch.finfo(self.dtype).bits // 8))
-        group = max(1, min(b, self.fine_memory // per_image))
-        for g0 in range(0, b, group):
-            g = slice(g0, min(g0 + group, b))
-            gi = inv[g]                                                                  # (G, n)
-            imgs = torch.arange(g0, g.stop, device=dev)[:, None].expand_as(gi)
-            sg = sidx[g]
-            h = (f.weights * batch.ctf[g])[:, None] * batch.data[g].conj()[:, None] * f.phases[sg.clamp(min=0)]
-            hp = torch.stack([h.real, -h.imag], -1).mul_(inv2).view(h.shape[0], s, 2 * p)  # (G, s, 2P)
-            rows = yf2.index_select(0, gi.reshape(-1)).view(*gi.shape, 2 * p)             # (G, n, 2P)
-            sc = torch.bmm(rows, hp.transpose(1, 2))                                     # (G, n, s)
-            sc += norm[gi, imgs][:, :, None] + bias[g][:, None, :]
-            sc.masked_fill_(~(rot_ok[g][:, :, None] & sh_ok[g][:, None, :]), -math.inf)
-            lg = torch.logsumexp(sc.view(sc.shape[0], -1), 1)
-            lse[g] = lg
+        wts = None if weights is None else torch.as_tensor(weights, dtype=self.dtype, device=dev)
+        for idx, nr, ns in self._groups(counts[2], counts[3], p):
+            gi = inv[idx, :nr]                                                           # (G, nr)
+            imgs = idx[:, None].expand_as(gi)
+            sg = sidx[idx, :ns]                                                          # (G, ns)
+            ok = rot_ok[idx, :nr][:, :, None] & sh_ok[idx, :ns][:, None, :]              # (G, nr, ns)
+            h = (f.weights * batch.ctf[idx])[:, None] * batch.data[idx].conj()[:, None] * f.phases[sg.clamp(min=0)]
+            hp = torch.stack([h.real, -h.imag], -1).mul_(inv2).view(len(idx), ns, 2 * p)  # (G, ns, 2P)
+            rows = yf2.index_select(0, gi.reshape(-1)).view(len(idx), nr, 2 * p)          # (G, nr, 2P)
+            sc = torch.bmm(rows, hp.transpose(1, 2))                                     # (G, nr, ns)
+            sc += norm[gi, imgs][:, :, None] + bias[idx, :ns][:, None, :]
+            sc.masked_fill_(~ok, -math.inf)
+            flat = sc.view(len(idx), -1)
+            top, arg = flat.max(1)
+            total = exp_floored_(flat.sub_(top[:, None])).sum(1)                       # sc: exp(score - top)
+            lse[idx] = top + total.log()
             if poses:
-                val, arg = sc.view(sc.shape[0], -1).max(1)
-                ri, si = (arg // s).cpu(), (arg % s).cpu()
-                r_ = torch.arange(len(ri))
-                best[g] = torch.stack([var[g].cpu()[r_, ri], base[g].cpu()[r_, ri], sg.cpu()[r_, si]], 1)
-                best_p[g] = torch.exp(val - lg).cpu().numpy()
+                ri, si = (arg // ns).cpu(), (arg % ns).cpu()
+                r_, ic = torch.arange(len(ri)), idx.cpu()
+                best[ic] = torch.stack([var[idx, :nr].cpu()[r_, ri], base[idx, :nr].cpu()[r_, ri],
+                                        sg.cpu()[r_, si]], 1)
+                best_p[ic.numpy()] = (1.0 / total).cpu().numpy()
             if gradient:
-                resp = sc.sub_(lg[:, None, None]).exp_()                                  # (G, n, s)
-                if weights is not None:
-                    resp.mul_(torch.as_tensor(weights, dtype=self.dtype, device=dev)[g][:, None, None])
-                ok = rot_ok[g]
-                g8.index_add_(0, gi[ok], torch.bmm(resp, hp)[ok], alpha=-1.0)           # cross term of d(-lse)
-                w8.index_put_((gi[ok], imgs[ok]), resp.sum(2)[ok], accumulate=True)
+                resp = sc.div_(total[:, None, None]).masked_fill_(~ok, 0.0)              # (G, nr, ns)
+                if wts is not None:
+                    resp.mul_(wts[idx][:, None, None])
+                # padding rows point at some candidate and add zeros to it
+                g8.index_add_(0, gi.reshape(-1), torch.bmm(resp, hp).view(-1, 2 * p), alpha=-1.0)  # cross term
+                w8.index_put_((gi.reshape(-1), imgs.reshape(-1)), resp.sum(2).view(-1), accumulate=True)
         grad = None
         if gradient:
             gf = g8.view(-1, p, 2).add_(yf * (w8 @ c2)[..., None])                       # norm term of d(-lse)
@@ -368,6 +369,25 @@ class PrunedLikelihood:
         bi = best.numpy()
         return LikelihoodResult(lse, grad, self.rotations.rotation(bi[:, 0], bi[:, 1]), self.shifts[bi[:, 2]],
                                 best_p)
+
+    def _groups(self, n_rot: torch.Tensor, n_shift: torch.Tensor, p: int):
+        """Images in groups of similar candidate counts, so that padding to a group's largest count costs
+        little: ``(images, rotations, shifts)`` per group, each group's gathered slices and scores
+        within :attr:`fine_memory`.  In one group, a few images at the rotation cap made every image
+        of a minibatch pay for thousands of padded candidates (64 px, 15 Å: 7 s a call instead of 2)."""
+        width = torch.finfo(self.dtype).bits // 8
+        order = torch.argsort(n_rot * (int(n_shift.max()) + 1) + n_shift)             # by rotations, then shifts
+        nr, ns = n_rot[order].tolist(), n_shift[order].tolist()
+        start = 0
+        while start < len(nr):
+            stop, smax = start + 1, ns[start]
+            while stop < len(nr):
+                s2 = max(smax, ns[stop])
+                if (stop + 1 - start) * nr[stop] * (2 * p + 2 * s2) * width > self.fine_memory:
+                    break
+                stop, smax = stop + 1, s2
+            yield order[start:stop].to(self.device), max(1, nr[stop - 1]), max(1, smax)
+            start = stop
 
     def _stats(self, counts, n_union, dense: bool = False) -> dict:
         """Pose counts of the last call: ``coarse_poses`` and ``fine_poses`` scored, ``exhaustive_poses``

@@ -11,7 +11,8 @@ import torch
 
 from ..io import InputError
 
-__all__ = ["resolve_device", "resolve_precision", "tf32_products", "flush_denormals", "PRECISIONS"]
+__all__ = ["resolve_device", "resolve_precision", "tf32_products", "flush_denormals", "exp_floored_", "EXP_FLOOR",
+           "PRECISIONS"]
 
 PRECISIONS = ("auto", "float32", "tf32", "float64")
 
@@ -84,3 +85,17 @@ def flush_denormals():
         _flush_depth -= 1
         if _flush_depth == 0:
             torch.set_flush_denormal(False)
+
+
+EXP_FLOOR = -80.0  # exp(-80) = 1.8e-35: above float32's smallest normal number (exp(-87.3))
+
+
+def exp_floored_(x: torch.Tensor) -> torch.Tensor:
+    """In place ``exp(max(x, EXP_FLOOR))`` of log-weights relative to their largest (``x <= 0``).
+
+    Where exp underflows (below about -87 in float32) the CPU's vectorised exp takes a slow path,
+    even with denormals flushed: on 16 million scores spread over thousands of nats it took 77 ms
+    against 8 ms with the floor (2 threads).  The floor adds at most ``n * 1.8e-35`` to a sum of
+    ``n`` terms relative to its largest, and gives a pose of weight zero (``-inf``) a weight of
+    1.8e-35 of the best pose instead of 0."""
+    return x.clamp_(min=EXP_FLOOR).exp_()
