@@ -7,11 +7,12 @@ quadrature chosen for band limit r.  This module scores them in two levels:
    rotations; shifts on a grid of three (or two) times the fine step, which nests in the fine one; 4x fewer
    coefficients), with the exhaustive kernel's products.  Per image it gives the posterior marginal
    over coarse rotations and the one over coarse shifts.
-2. **Fine**: per image, keep the smallest set of coarse rotations holding ``1 - epsilon`` of the
-   rotation marginal and the smallest set of coarse shifts holding ``1 - epsilon`` of the shift
-   marginal (at least ``min_rotations`` and ``min_shifts``, at most ``max_rotations`` and ``max_shifts``).  Every
-   fine rotation is a child of its ``neighbours`` nearest coarse rotations and every fine shift of its
-   ``neighbours`` nearest coarse shifts (with 1 these cells would partition the fine grid).
+2. **Fine** (:class:`.pose_tree.PoseTree`): per image, keep the smallest set of coarse rotations
+   holding ``1 - epsilon`` of the rotation marginal and the smallest set of coarse shifts holding
+   ``1 - epsilon`` of the shift marginal (at least ``min_rotations`` and ``min_shifts``, at most
+   ``max_rotations`` and ``max_shifts``).  Every fine rotation is a child of its ``neighbours``
+   nearest coarse rotations and every fine shift of its ``neighbours`` nearest coarse shifts (with 1
+   these cells would partition the fine grid).
    The children of the kept rotations times the children of the kept shifts are scored at the full
    band with their exhaustive quadrature weights; the log-likelihood is their log-sum-exp and the
    gradient back-propagates their responsibilities.
@@ -43,11 +44,12 @@ from ..forward.interp import KERNELS
 from ..runtime.device import exp_floored_, flush_denormals, tf32_products
 from .asymmetric_unit import restrict_to_asymmetric_unit
 from .likelihood import LOG_ZERO, LikelihoodBatch, LikelihoodResult, MarginalLikelihood
+from .pose_tree import PoseTree
 from .quadrature import (
     choose_quadrature,
     shift_step_for_band_limit,
 )
-from .rotation_set import RotationSet, rotation_parents, rotation_set_for_band, variant_tables
+from .rotation_set import RotationSet, rotation_set_for_band
 
 __all__ = ["PrunedBatch", "PrunedLikelihood", "BLOCK_BYTES"]
 
@@ -63,16 +65,6 @@ class PrunedBatch:
 
     def __len__(self) -> int:
         return len(self.fine)
-
-
-def _keep_count(log_marginal: torch.Tensor, epsilon: float, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``(B, K)`` log masses: order (descending; the first ``min(hi, K)`` entries) and the size
-    of the smallest prefix with ``1 - epsilon`` of the mass, clamped to ``[lo, hi]``."""
-    hi = min(hi, log_marginal.shape[1])
-    top, order = torch.topk(log_marginal, hi, dim=1, sorted=True)
-    p = torch.exp(top.double() - torch.logsumexp(log_marginal.double(), 1, keepdim=True))
-    below = (p.cumsum(1) < 1 - epsilon).sum(1) + 1                                     # prefix reaching 1 - eps
-    return order, below.clamp(min=lo, max=hi)
 
 
 class PrunedLikelihood:
@@ -159,24 +151,8 @@ class PrunedLikelihood:
                                         memory_budget=1 << 20, **kw)
         self.shifts = self.frame.shifts                                                  # (Sf, 2)
         self.n_points, self.n_full = self.frame.n_points, self.frame.n_full
-        tt = dict(device=self.device)
-        # shifts: each fine shift's nearest coarse shift; children (Sc, Sf) boolean
-        d2 = ((self.shifts[:, None, :] - self.coarse.shifts[None]) ** 2).sum(-1)
-        self.shift_children = torch.zeros((len(self.coarse.shifts), len(self.shifts)), dtype=torch.bool, **tt)
-        k = min(int(neighbours), len(self.coarse.shifts))
-        near = torch.as_tensor(np.argsort(d2, axis=1, kind="stable")[:, :k])             # (Sf, k)
-        self.shift_children[near, torch.arange(len(self.shifts))[:, None].expand_as(near)] = True
-        # rotations: children of coarse base c, sorted by c, with each child's parent variant u
-        u, c = rotation_parents(self.rotations.base, self.coarse_rotations, int(neighbours))
-        fine = np.repeat(np.arange(len(self.rotations.base)), u.shape[1])
-        u, c = u.ravel(), c.ravel()
-        order = np.argsort(c, kind="stable")
-        self.child_base = torch.as_tensor(fine[order], **tt)                             # fine base indices
-        self.child_variant = torch.as_tensor(u[order], **tt)
-        counts = np.bincount(c, minlength=len(self.coarse_rotations.base))
-        self.child_count = torch.as_tensor(counts, **tt)
-        self.child_start = torch.as_tensor(np.concatenate([[0], np.cumsum(counts)[:-1]]), **tt)
-        self.solve = torch.as_tensor(variant_tables()[1], **tt)
+        self.tree = PoseTree(self.rotations, self.coarse_rotations, self.shifts, self.coarse.shifts,
+                             int(neighbours), self.device)
         self.log_rot_weights = torch.as_tensor(np.maximum(self.rotations.variant_log_weights(), LOG_ZERO),
                                                dtype=dtype, device=self.device)          # (Mf, 8)
         taps = (2 * KERNELS[kernel]) ** 3
@@ -234,51 +210,9 @@ class PrunedLikelihood:
         return rot, shift
 
     def select(self, rot: torch.Tensor, shift: torch.Tensor):
-        """Fine candidates from the coarse marginals.
-
-        Returns per image padded lists: fine rotations ``(B, n)`` as base index and variant (``-1``
-        pads), fine shift indices ``(B, s)`` (``-1`` pads), the kept coarse rotations and shifts
-        ``(B,)`` and the fine rotations and shifts ``(B,)`` of each.
-        """
-        b, _, mc = rot.shape
-        hi = self.max_rotations or 8 * mc
-        r_order, r_keep = _keep_count(rot.reshape(b, -1), self.epsilon, self.min_rotations, hi)
-        s_order, s_keep = _keep_count(shift, self.epsilon, self.min_shifts, self.max_shifts or shift.shape[1])
-        # rotations: kept coarse (image, variant w, base c) -> children (image, solve[u, w], child base)
-        kmax = int(r_keep.max())
-        valid = torch.arange(kmax, device=self.device)[None] < r_keep[:, None]
-        img = torch.arange(b, device=self.device)[:, None].expand(b, kmax)[valid]
-        flat = r_order[:, :kmax][valid]
-        w, c = flat // mc, flat % mc
-        n_child = self.child_count[c]
-        img_f = img.repeat_interleave(n_child)
-        first = self.child_start[c].repeat_interleave(n_child)
-        offs = torch.arange(len(img_f), device=self.device) - torch.cumsum(n_child, 0).sub(n_child) \
-            .repeat_interleave(n_child)
-        pos = first + offs
-        fb = self.child_base[pos]
-        fv = self.solve[self.child_variant[pos], w.repeat_interleave(n_child)]
-        # a fine rotation reached from several kept coarse ones counts once
-        key = torch.unique((img_f * 8 + fv) * len(self.rotations.base) + fb)
-        img_f, rest = key // (8 * len(self.rotations.base)), key % (8 * len(self.rotations.base))
-        fv, fb = rest // len(self.rotations.base), rest % len(self.rotations.base)
-        per = torch.bincount(img_f, minlength=b)
-        n = int(per.max()) if len(per) else 0
-        slot = torch.arange(len(img_f), device=self.device) - (torch.cumsum(per, 0) - per)[img_f]
-        base = torch.full((b, n), -1, dtype=torch.long, device=self.device)
-        var = torch.full((b, n), -1, dtype=torch.long, device=self.device)
-        base[img_f, slot], var[img_f, slot] = fb, fv
-        # shifts: union of the kept coarse shifts' children
-        smax = int(s_keep.max())
-        kept = torch.zeros_like(shift, dtype=torch.bool)
-        sval = torch.arange(smax, device=self.device)[None] < s_keep[:, None]
-        kept.scatter_(1, s_order[:, :smax], sval)
-        fine_mask = (kept.to(torch.float32) @ self.shift_children.to(torch.float32)) > 0   # (B, Sf)
-        ns = fine_mask.sum(1)
-        sidx = torch.full((b, int(ns.max())), -1, dtype=torch.long, device=self.device)
-        rows, cols = fine_mask.nonzero(as_tuple=True)
-        sidx[rows, torch.arange(len(rows), device=self.device) - (torch.cumsum(ns, 0) - ns)[rows]] = cols
-        return base, var, sidx, r_keep, s_keep, per, ns
+        """Fine candidates from the coarse marginals (:meth:`.PoseTree.select` with this kernel's bounds)."""
+        return self.tree.select(rot, shift, self.epsilon, (self.min_rotations, self.max_rotations),
+                                (self.min_shifts, self.max_shifts))
 
     # ------------------------------------------------------------- fine level
     def __call__(self, volume: torch.Tensor, batch: PrunedBatch, *, gradient: bool = True,
