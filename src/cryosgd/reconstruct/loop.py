@@ -22,7 +22,7 @@ from ..io.prefetch import Prefetcher
 from ..optim import OPTIMIZERS, compose, make_optimizer, nonnegative, roll_state, windowed, with_projection
 from ..runtime import parallel
 from ..runtime.device import resolve_device
-from ..runtime.memory import peak_rss_bytes
+from ..runtime.memory import peak_rss_bytes, reuse_freed_memory
 from .checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .classes import ClassMixture, check_classes
 from .dataset import initial_density, load_dataset, particle_diameter_px
@@ -98,7 +98,11 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
     stop_after: stop (with a checkpoint) after this many steps: for tests of resumption.
     initial_volume: ``(N, N, N)`` start instead of the random spheres (the gold-standard halves start
                 from one shared low-resolution map; :mod:`.halves`); not part of the checkpoint key.
+
+    The C library is asked to keep freed memory for reuse (:func:`.runtime.memory.reuse_freed_memory`,
+    process-wide): without it every call's temporaries are page-faulted in again.
     """
+    reuse_freed_memory()
     if settings.optimizer not in OPTIMIZERS:
         raise InputError(particles.source, f"unknown optimiser {settings.optimizer!r}")
     t_start = time.time()

@@ -31,8 +31,8 @@ def reuse_freed_memory(threshold: int = 1 << 30) -> bool:
     at 64 px and 15 Å took 37 million page faults and 80 s of system time in 244 s.  With blocks
     up to ``threshold`` bytes served from the heap, and the heap not trimmed, one pruned likelihood
     call there went from 2.8 to 2.1 s (``BENCHMARKS.md``); the peak resident memory is the
-    same, but memory freed after the peak stays with the process.  The setting is process-wide,
-    so the command line makes it and a library caller may.  Elsewhere than glibc it does nothing.
+    same, but memory freed after the peak stays with the process.  The setting is process-wide; the
+    command line and :func:`.reconstruct.reconstruct` make it.  Elsewhere than glibc it does nothing.
     """
     import ctypes
     import ctypes.util
