@@ -13,6 +13,7 @@ backend is gloo on CPU and NCCL on CUDA.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 
@@ -82,6 +83,14 @@ def gather_objects(obj) -> list:
     return out
 
 
+def _leave() -> None:
+    """Leave the process group before the interpreter exits: a group left to the C++ destructors at exit
+    can end the process with "terminate called without an active exception" (exit -6) while its
+    communication threads still run.  Local: it waits for no other process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_from_environment(device: str = "cpu") -> bool:
     """Join the process group described by the environment (``WORLD_SIZE > 1``); returns True if joined."""
     if active() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -89,6 +98,7 @@ def init_from_environment(device: str = "cpu") -> bool:
     backend = "nccl" if device.startswith("cuda") else "gloo"
     minutes = float(os.environ.get("CRYOSGD_DIST_TIMEOUT_MIN", "10"))
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
+    atexit.register(_leave)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if device.startswith("cuda"):
