@@ -102,3 +102,14 @@ def test_candidate_slicing_matches_the_sparse_operator_and_has_an_adjoint(kernel
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     back = cand.adjoint(g, chosen)
     assert abs(float((y * g).sum()) - float((cube.reshape(-1, 2) * back).sum())) < 1e-9 * float(y.abs().sum())
+    # the corners kept from forward(keep=True) give that adjoint bit for bit, in blocks too; another
+    # index, or a second adjoint, computes its own
+    cand.block = 2
+    back = cand.adjoint(g, chosen)
+    assert torch.equal(cand.forward(cube, chosen, keep=True), y)
+    assert torch.equal(cand.adjoint(g, chosen), back)
+    other = torch.tensor([1, 3, 5])
+    cand.forward(cube, chosen, keep=True)
+    assert torch.allclose(cand.adjoint(g, other), CandidateSlicing(rots.numpy(), freqs, band.size, 2, kernel,
+                                                                  dtype=torch.float64).adjoint(g, other))
+    assert cand._kept is None

@@ -34,6 +34,7 @@ class CandidateSlicing:
         self.dtype, self.device, self.block = dtype, torch.device(device or "cpu"), block
         self.n_points = len(self.freqs)
         self.table = None  # every rotation's (index, weight) taps, for kernels other than trilinear
+        self._kept = None  # (index, [(corners, fractions) per block]) of the last forward(keep=True)
         if store_taps and kernel != "trilinear":
             parts = [self._taps(torch.arange(i, min(i + block, len(self.rotations))))
                      for i in range(0, len(self.rotations), block)]
@@ -55,27 +56,37 @@ class CandidateSlicing:
         base, frac = trilinear_corners(self._coords(index), self.size, self.dtype)
         return base.to(self.device), frac.to(self.device)
 
-    def forward(self, cube: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``(U, P, 2)`` slices of rotations ``index`` (``(U,)``) from ``cube`` ``(K, K, K, 2)``."""
+    def forward(self, cube: torch.Tensor, index: torch.Tensor, *, keep: bool = False) -> torch.Tensor:
+        """``(U, P, 2)`` slices of rotations ``index`` (``(U,)``) from ``cube`` ``(K, K, K, 2)``.
+
+        keep: hold the trilinear corners and fractions for the next :meth:`adjoint` of the same
+        ``index`` (the same tensor), which then need not compute them again: they are half the time of
+        an interpolation (7,831 rotations x 167 points: 15-23 ms of 31), and hold 16 bytes a point."""
         flat = cube.reshape(-1, 2)
         out = torch.empty((len(index), self.n_points, 2), dtype=self.dtype, device=self.device)
+        kept = []
         for i in range(0, len(index), self.block):
             part = index[i:i + self.block]
             if self.kernel == "trilinear":
                 base, frac = self._corners(part)
                 out[i:i + self.block] = trilinear_gather_pairs(flat, base, frac, self.size)
+                if keep:
+                    kept.append((base.int(), frac))
             else:
                 idx, w = self._taps(part)
                 out[i:i + self.block] = (flat[idx] * w[..., None]).sum(-2)
+        self._kept = (index, kept) if kept else None
         return out
 
     def adjoint(self, grad: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`forward`: ``(U, P, 2)`` -> ``(K**3, 2)``."""
         out = torch.zeros((self.size ** 3, 2), dtype=self.dtype, device=self.device)
-        for i in range(0, len(index), self.block):
+        kept = self._kept[1] if self._kept is not None and self._kept[0] is index else None
+        self._kept = None
+        for k, i in enumerate(range(0, len(index), self.block)):
             part = index[i:i + self.block]
             if self.kernel == "trilinear":
-                base, frac = self._corners(part)
+                base, frac = kept[k] if kept is not None else self._corners(part)
                 trilinear_scatter_pairs(grad[i:i + self.block], base, frac, self.size, out)
             else:
                 idx, w = self._taps(part)

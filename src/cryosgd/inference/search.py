@@ -245,7 +245,7 @@ class PrunedLikelihood:
         ub, uv = full // 8, full % 8
         union, binv = torch.unique(ub, return_inverse=True)
         cube = f.band.forward_pairs(volume)
-        y = self.candidates.forward(cube, union)                                        # (U, P, 2)
+        y = self.candidates.forward(cube, union, keep=gradient)                         # (U, P, 2)
         # the slice of B T_v at data point p is the slice of B at index[v, p] (conjugated where conj)
         gidx = binv[:, None] * p + f.sym_index[uv]                                       # (U8, P)
         sign = torch.where(f.sym_conj[uv], -1.0, 1.0).to(self.dtype)                  # (U8, P)
