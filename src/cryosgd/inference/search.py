@@ -252,8 +252,8 @@ class PrunedLikelihood:
         yf = torch.view_as_real(torch.view_as_complex(y).reshape(-1).index_select(0, gidx.reshape(-1)))
         yf = yf.view(len(full), p, 2)
         yf[..., 1] *= sign
-        c2 = (f.weights * batch.ctf ** 2) * inv2                                        # (B, P)
-        norm = -0.5 * (yf.square().sum(-1) @ c2.T) + self.log_rot_weights[ub, uv][:, None]  # (U8, B)
+        c2 = ((f.weights * batch.ctf ** 2) * inv2).repeat_interleave(2, 1)               # (B, 2P): on re and im
+        log_w = self.log_rot_weights[ub, uv]                                             # (U8,)
         yf2 = yf.view(len(full), 2 * p)
         bias = f.shift_bias(batch).gather(1, sidx.clamp(min=0))                           # (B, s)
         lse = torch.empty(b, dtype=self.dtype, device=dev)
@@ -261,18 +261,18 @@ class PrunedLikelihood:
         best_p = np.zeros(b)
         if gradient:
             g8 = torch.zeros_like(yf2)
-            w8 = torch.zeros((len(full), b), dtype=self.dtype, device=dev)
         wts = None if weights is None else torch.as_tensor(weights, dtype=self.dtype, device=dev)
         for idx, nr, ns in self._groups(counts[2], counts[3], p):
             gi = inv[idx, :nr]                                                           # (G, nr)
-            imgs = idx[:, None].expand_as(gi)
             sg = sidx[idx, :ns]                                                          # (G, ns)
             ok = rot_ok[idx, :nr][:, :, None] & sh_ok[idx, :ns][:, None, :]              # (G, nr, ns)
             h = (f.weights * batch.ctf[idx])[:, None] * batch.data[idx].conj()[:, None] * f.phases[sg.clamp(min=0)]
             hp = torch.stack([h.real, -h.imag], -1).mul_(inv2).view(len(idx), ns, 2 * p)  # (G, ns, 2P)
             rows = yf2.index_select(0, gi.reshape(-1)).view(len(idx), nr, 2 * p)          # (G, nr, 2P)
+            c2g = c2[idx][:, None, :]                                                    # (G, 1, 2P)
             sc = torch.bmm(rows, hp.transpose(1, 2))                                     # (G, nr, ns)
-            sc += norm[gi, imgs][:, :, None] + bias[idx, :ns][:, None, :]
+            quad = torch.bmm(rows.square(), c2g.transpose(1, 2))                         # (G, nr, 1): |c y|^2/s^2
+            sc += (log_w[gi][:, :, None] - 0.5 * quad) + bias[idx, :ns][:, None, :]
             sc.masked_fill_(~ok, -math.inf)
             flat = sc.view(len(idx), -1)
             top, arg = flat.max(1)
@@ -288,12 +288,13 @@ class PrunedLikelihood:
                 resp = sc.div_(total[:, None, None]).masked_fill_(~ok, 0.0)              # (G, nr, ns)
                 if wts is not None:
                     resp.mul_(wts[idx][:, None, None])
-                # padding rows point at some candidate and add zeros to it
-                g8.index_add_(0, gi.reshape(-1), torch.bmm(resp, hp).view(-1, 2 * p), alpha=-1.0)  # cross term
-                w8.index_put_((gi.reshape(-1), imgs.reshape(-1)), resp.sum(2).view(-1), accumulate=True)
+                # d(-lse)/d rows: the cross term, then the norm term; padding rows point at some candidate
+                # and add zeros to it
+                grow = torch.bmm(resp, hp).neg_().addcmul_(rows, resp.sum(2, keepdim=True) * c2g)  # (G, nr, 2P)
+                g8.index_add_(0, gi.reshape(-1), grow.view(-1, 2 * p))
         grad = None
         if gradient:
-            gf = g8.view(-1, p, 2).add_(yf * (w8 @ c2)[..., None])                       # norm term of d(-lse)
+            gf = g8.view(-1, p, 2)
             gf[..., 1] *= sign
             gy = torch.zeros_like(y).view(-1, 2).index_add_(0, gidx.reshape(-1), gf.reshape(-1, 2))
             grad = f.band.adjoint_pairs(self.candidates.adjoint(gy.view(y.shape), union).view(cube.shape))
@@ -317,7 +318,7 @@ class PrunedLikelihood:
             stop, smax = start + 1, ns[start]
             while stop < len(nr):
                 s2 = max(smax, ns[stop])
-                if (stop + 1 - start) * nr[stop] * (2 * p + 2 * s2) * width > self.fine_memory:
+                if (stop + 1 - start) * nr[stop] * (8 * p + 2 * s2) * width > self.fine_memory:
                     break
                 stop, smax = stop + 1, s2
             yield order[start:stop].to(self.device), max(1, nr[stop - 1]), max(1, smax)
