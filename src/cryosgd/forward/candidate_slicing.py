@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .interp import interpolation_taps, trilinear_corners, trilinear_gather_pairs, trilinear_scatter_pairs
+from .interp import grid_corners, interpolation_taps, trilinear_gather_pairs, trilinear_scatter_pairs
 from .slicing import slice_coordinates
 
 __all__ = ["CandidateSlicing"]
@@ -53,7 +53,11 @@ class CandidateSlicing:
         return idx.to(self.device), w.to(self.device, self.dtype)
 
     def _corners(self, index: torch.Tensor):
-        base, frac = trilinear_corners(self._coords(index), self.size, self.dtype)
+        # the rotated frequencies, scaled to the grid and counted from its first voxel, as one product:
+        # half the time of rotating, scaling and shifting in turn (the same coordinates)
+        freqs = self.freqs if self.dtype == torch.float64 else self.freqs.float()
+        r = self.rotations[index.cpu()].to(freqs.dtype)[:, :, :2].transpose(1, 2) * self.oversampling  # (U, 2, 3)
+        base, frac = grid_corners(torch.matmul(freqs, r).add_(self.size // 2), self.size, self.dtype)
         return base.to(self.device), frac.to(self.device)
 
     def forward(self, cube: torch.Tensor, index: torch.Tensor, *, keep: bool = False) -> torch.Tensor:

@@ -92,11 +92,17 @@ def trilinear_corners(coords: torch.Tensor, size: int, dtype=None) -> tuple[torc
     The 8 taps of :func:`interpolation_taps` (``"trilinear"``) are ``base + (dz K + dy) K + dx`` with
     weights ``prod_axis (1 - f) or f``: the same interpolation, at an eighth of the index memory.
     """
-    c = coords + size // 2
+    return grid_corners(coords + size // 2, size, dtype)
+
+
+def grid_corners(c: torch.Tensor, size: int, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`trilinear_corners` of coordinates ``c (..., 3)`` counted from the cube's first voxel
+    (``c`` is overwritten with the fractions).  The flat index is one small product of the integral
+    lower corners, exact in float32 below 2**24 voxels (in float64 above)."""
     lower = torch.floor(c)
-    frac = (c - lower).to(dtype or coords.dtype)
-    i = lower.long()
-    return (i[..., 2] * size + i[..., 1]) * size + i[..., 0], frac
+    wide = c.dtype if c.dtype == torch.float64 or size ** 3 < 2 ** 24 else torch.float64
+    base = (lower.to(wide) @ torch.tensor([1.0, size, size * size], dtype=wide, device=c.device)).long()
+    return base, c.sub_(lower).to(dtype or c.dtype)
 
 
 def _corners(frac: torch.Tensor, size: int):

@@ -17,12 +17,18 @@ from .rotation_set import RotationSet, rotation_parents, variant_tables
 __all__ = ["PoseTree", "keep_count"]
 
 
-def keep_count(log_marginal: torch.Tensor, epsilon: float, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_count(log_marginal: torch.Tensor, epsilon: float, lo: int, hi: int,
+               log_total: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``(B, K)`` log masses: order (descending; the first ``min(hi, K)`` entries) and the size
-    of the smallest prefix with ``1 - epsilon`` of the mass, clamped to ``[lo, hi]``."""
+    of the smallest prefix with ``1 - epsilon`` of the mass, clamped to ``[lo, hi]``.
+
+    log_total: ``(B, 1)`` float64 log of each row's total mass, when known (the rotation and the shift
+    marginals of an image share it); otherwise it is computed."""
     hi = min(hi, log_marginal.shape[1])
     top, order = torch.topk(log_marginal, hi, dim=1, sorted=True)
-    p = torch.exp(top.double() - torch.logsumexp(log_marginal.double(), 1, keepdim=True))
+    if log_total is None:
+        log_total = torch.logsumexp(log_marginal.double(), 1, keepdim=True)
+    p = torch.exp(top.double() - log_total)
     below = (p.cumsum(1) < 1 - epsilon).sum(1) + 1                                     # prefix reaching 1 - eps
     return order, below.clamp(min=lo, max=hi)
 
@@ -69,8 +75,10 @@ class PoseTree:
         """
         b, _, mc = rot.shape
         dev = self.device
-        r_order, r_keep = keep_count(rot.reshape(b, -1), epsilon, rotations[0], rotations[1] or 8 * mc)
-        s_order, s_keep = keep_count(shift, epsilon, shifts[0], shifts[1] or shift.shape[1])
+        # both marginals hold each image's whole coarse mass: its total from the short one
+        total = torch.logsumexp(shift.double(), 1, keepdim=True)                          # (B, 1)
+        r_order, r_keep = keep_count(rot.reshape(b, -1), epsilon, rotations[0], rotations[1] or 8 * mc, total)
+        s_order, s_keep = keep_count(shift, epsilon, shifts[0], shifts[1] or shift.shape[1], total)
         # rotations: kept coarse (image, variant w, base c) -> children (image, solve[u, w], child base)
         kmax = int(r_keep.max())
         valid = torch.arange(kmax, device=dev)[None] < r_keep[:, None]
