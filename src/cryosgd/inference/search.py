@@ -205,7 +205,7 @@ class PrunedLikelihood:
                 e = exp_floored_(sc.sub_(m[..., None]))
                 rot[g, :, start:stop] = (e.sum(3).log_() + m).permute(1, 2, 0)
                 top = m.amax((0, 2))                                                    # (G,)
-                wm = (m - top[None, :, None]).exp_()                                    # (C, G, 8)
+                wm = exp_floored_(m - top[None, :, None])                                 # (C, G, 8)
                 shift[g] = torch.logaddexp(shift[g], torch.einsum("cbv,cbvs->bs", wm, e).log_() + top[:, None])
         return rot, shift
 
