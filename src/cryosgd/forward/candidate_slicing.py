@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 
 from .interp import grid_corners, interpolation_taps, trilinear_gather_pairs, trilinear_scatter_pairs
-from .slicing import slice_coordinates
 
 __all__ = ["CandidateSlicing"]
 
@@ -41,10 +40,13 @@ class CandidateSlicing:
             self.table = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _coords(self, index: torch.Tensor) -> torch.Tensor:
-        # in the operator's precision: float32 coordinates below 100 grid steps carry fractions to
-        # 1e-5, and cost a quarter of float64's time
+        """``(U, P, 3)`` grid coordinates (x, y, z) of the rotated frequencies, relative to the centre: one
+        product of the frequencies with the rotations' first two columns scaled to the grid (half the
+        time of rotating, then scaling).  In the operator's precision: float32 coordinates below 100
+        grid steps carry fractions to 1e-5, and cost a quarter of float64's time."""
         freqs = self.freqs if self.dtype == torch.float64 else self.freqs.float()
-        return slice_coordinates(self.rotations[index.cpu()], freqs) * self.oversampling
+        r = self.rotations[index.cpu()].to(freqs.dtype)[:, :, :2].transpose(1, 2) * self.oversampling  # (U, 2, 3)
+        return torch.matmul(freqs, r)
 
     def _taps(self, index: torch.Tensor):
         if self.table is not None:
@@ -53,11 +55,7 @@ class CandidateSlicing:
         return idx.to(self.device), w.to(self.device, self.dtype)
 
     def _corners(self, index: torch.Tensor):
-        # the rotated frequencies, scaled to the grid and counted from its first voxel, as one product:
-        # half the time of rotating, scaling and shifting in turn (the same coordinates)
-        freqs = self.freqs if self.dtype == torch.float64 else self.freqs.float()
-        r = self.rotations[index.cpu()].to(freqs.dtype)[:, :, :2].transpose(1, 2) * self.oversampling  # (U, 2, 3)
-        base, frac = grid_corners(torch.matmul(freqs, r).add_(self.size // 2), self.size, self.dtype)
+        base, frac = grid_corners(self._coords(index).add_(self.size // 2), self.size, self.dtype)
         return base.to(self.device), frac.to(self.device)
 
     def forward(self, cube: torch.Tensor, index: torch.Tensor, *, keep: bool = False) -> torch.Tensor:
