@@ -132,6 +132,21 @@ def spawned(index, main, argv, world, port, errors):
 """
 
 
+def test_the_launcher_shows_the_first_cause_not_the_lost_connection_that_follows():
+    from cryosgd.runtime.launch import _cause
+
+    lost = (3, "cryosgd: error: a process of the distributed run failed or timed out (Connection reset by peer)")
+    # process 1 was killed; process 0 saw its connection drop and reported that (the order is a race)
+    code, line = _cause({0: lost}, [3, -9], "resume")
+    assert code == 3 and "process 1 of 2 exited with code -9 (SIGKILL)" in line
+    # a process the launcher stopped after the first failure (SIGTERM) is not a cause
+    assert _cause({1: lost}, [-15, 3], "resume") == lost
+    # a process's own error comes before a killed one's
+    bad = (2, "cryosgd: error: particles.star: no such file")
+    assert _cause({1: bad, 0: lost}, [3, 2, -9], "resume") == bad
+    assert _cause({}, [0, 0], "resume") is None
+
+
 def test_a_killed_rank_ends_the_run_cleanly_and_it_resumes_with_another_count(small_set, tmp_path, monkeypatch):
     out = tmp_path / "run"
     # 33 steps of CM (11 per epoch): killed in step 22, resumed across the centring step 25

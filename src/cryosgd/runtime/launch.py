@@ -6,6 +6,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -28,12 +29,29 @@ def _spawned(index: int, main: Callable, argv: list, world: int, port: int, erro
         sys.exit(code)
 
 
-def _first_error(errors: Path) -> tuple[int, str] | None:
-    """``(exit code, line)`` of the lowest rank that reported a failure, or ``None``."""
-    for path in sorted(errors.glob("rank*"), key=lambda p: int(p.name[4:])):
+def _reports(errors: Path) -> dict[int, tuple[int, str]]:
+    """``{rank: (exit code, line)}`` of the processes that reported a failure."""
+    out = {}
+    for path in errors.glob("rank*"):
         code, _, line = path.read_text().partition(" ")
-        return int(code), line.strip()
-    return None
+        out[int(path.name[4:])] = (int(code), line.strip())
+    return out
+
+
+def _cause(reports: dict[int, tuple[int, str]], exitcodes: list[int | None], resume: str) -> tuple[int, str] | None:
+    """The failure to show, first cause first: a process's own error (bad input, code other than 3), then
+    a process that died without a word (killed, crashed: the others' lost connection follows from it),
+    then a process that only saw another fail (code 3), lowest rank first in each kind.  Processes that the
+    launcher itself stopped (SIGTERM, after the first failure) are not causes."""
+    own = [r for r in sorted(reports) if reports[r][0] != 3]
+    if own:
+        return reports[own[0]]
+    silent = [r for r, c in enumerate(exitcodes) if r not in reports and c not in (0, None, -signal.SIGTERM)]
+    if silent:
+        r, code = silent[0], exitcodes[silent[0]]
+        how = f"{code} ({signal.Signals(-code).name})" if -code in signal.valid_signals() else f"{code}"
+        return 3, f"cryosgd: error: process {r} of {len(exitcodes)} exited with code {how}; {resume}"
+    return reports[min(reports)] if reports else None
 
 
 def run_spawned(main: Callable, argv: list, nproc: int) -> int:
@@ -42,7 +60,8 @@ def run_spawned(main: Callable, argv: list, nproc: int) -> int:
     The parent holds the rendezvous store on a port the system picks and keeps while it lives, so
     runs started at the same time cannot collide on a port (no free-port probe that another run
     could take before the store binds it).  A failed process's first error line is what the user
-    sees: processes report their one line to the parent instead of each printing it.
+    sees: processes report their one line to the parent instead of each printing it, and the parent
+    shows the first cause (see ``_cause``), not the lost connection the other processes then report.
     """
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -50,29 +69,32 @@ def run_spawned(main: Callable, argv: list, nproc: int) -> int:
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # "terminating process ..."
     minutes = float(os.environ.get("CRYOSGD_DIST_TIMEOUT_MIN", "10"))
     store = dist.TCPStore("127.0.0.1", 0, nproc, True, datetime.timedelta(minutes=minutes), wait_for_workers=False)
-    resume = "the last checkpoint is intact: run the same command again to resume"
+    resume = "the last checkpoint is intact: run the same command again (with any number of processes) to resume"
     with tempfile.TemporaryDirectory(prefix="cryosgd-errors-") as tmp:
         errors = Path(tmp)
-        try:  # each process sees WORLD_SIZE > 1, so its own --nproc does not spawn again
-            mp.spawn(_spawned, args=(main, argv, nproc, store.port, tmp), nprocs=nproc, join=True)
+        # each process sees WORLD_SIZE > 1, so its own --nproc does not spawn again
+        context = mp.start_processes(_spawned, args=(main, argv, nproc, store.port, tmp), nprocs=nproc,
+                                     join=False, start_method="spawn")
+        try:
+            while not context.join():
+                pass
         except mp.ProcessExitedException as err:
-            reported = _first_error(errors)
-            if reported is not None:
-                print(reported[1], file=sys.stderr)
-                return reported[0]
-            print(f"cryosgd: error: process {err.error_index} of {nproc} exited with code {err.exit_code}; "
-                  f"{resume}", file=sys.stderr)
-            return 3
+            exitcodes = [p.exitcode for p in context.processes]
+            cause = _cause(_reports(errors), exitcodes, resume) or (
+                3, f"cryosgd: error: process {err.error_index} of {nproc} exited with code {err.exit_code}; {resume}")
+            print(cause[1], file=sys.stderr)
+            return cause[0]
         except mp.ProcessRaisedException as err:
             last = str(err).strip().splitlines()[-1]
             print(f"cryosgd: error: process {err.error_index} of {nproc} failed ({last}); {resume}",
                   file=sys.stderr)
             return 3
-        reported = _first_error(errors)  # a handled failure in every process ends with code 0 from spawn
+        # a handled failure in every process ends with code 0 from each
+        cause = _cause(_reports(errors), [p.exitcode for p in context.processes], resume)
     del store
-    if reported is not None:
-        print(reported[1], file=sys.stderr)
-        return reported[0]
+    if cause is not None:
+        print(cause[1], file=sys.stderr)
+        return cause[0]
     return 0
 
 
