@@ -187,7 +187,7 @@ def plot_fsc_curves(path, curves: dict, *, box: int, pixel_size: float, band_lim
     ax.legend(fontsize=8)
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
-    ax.set_ylim(-0.1, 1.05)
+    ax.set_ylim(min([-0.1] + [float(np.min(c)) - 0.05 for c in curves.values()]), 1.05)
     ax.grid(alpha=0.3)
     _save(fig, path)
 

@@ -60,7 +60,7 @@ def _cmd_symmetry(args) -> None:
 RUN_FIELDS = ("epochs", "resolution", "seed", "max_shift", "search", "learning_rate", "test_size", "device",
               "precision", "checkpoint_every", "particle_diameter", "lambda_plus", "lambda_minus", "invert_contrast",
               "symmetry", "gold_standard")
-SWITCHES = ("paper", "no_marching", "no_positivity", "no_mask", "no_centring", "probe_rate")
+SWITCHES = ("paper", "no_marching", "no_positivity", "no_mask", "no_centring", "probe_rate", "no_noise_substitution")
 
 
 def _settings_from(args, **overrides):

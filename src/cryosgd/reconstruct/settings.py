@@ -46,8 +46,11 @@ class Settings:
     symmetry: str = "C1"                    # point group (C<n>, D<n>, T, O, I): quadrature over one asymmetric
                                             # unit, symmetric density (reconstruct/symmetric.py)
     # two half-sets from one shared low-resolution start, and their FSC (halves.py); off by default: it
-    # takes about twice the time of one run and each half map sees only half the images
+    # takes about three times the time of one run (twice without noise substitution) and each half map
+    # sees only half the images
     gold_standard: bool = False
+    noise_substitution: bool = True         # with gold_standard: the halves again on phase-randomised images,
+                                            # and their FSC corrected by that one (noise_substitution.py)
     classes: int = 1                        # K densities, a mixture with learned proportions (classes.py)
 
     @classmethod
@@ -66,7 +69,8 @@ class Settings:
 
     @classmethod
     def from_options(cls, *, paper: bool = False, no_marching: bool = False, no_positivity: bool = False,
-                     no_mask: bool = False, no_centring: bool = False, probe_rate: bool = False, **kw) -> Settings:
+                     no_mask: bool = False, no_centring: bool = False, probe_rate: bool = False,
+                     no_noise_substitution: bool = False, **kw) -> Settings:
         """Settings from command-line options: the plain default or the paper's (``paper``), the
         ``no_*`` switches, and field values, of which ``None`` leaves the default."""
         fields = {k: v for k, v in kw.items() if v is not None}
@@ -79,4 +83,6 @@ class Settings:
             fields["centre_every"] = 0
         if probe_rate:
             fields["tune_rate"] = False
+        if no_noise_substitution:
+            fields["noise_substitution"] = False
         return (cls.paper if paper else cls)(**fields)
