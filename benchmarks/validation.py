@@ -134,7 +134,8 @@ def _detectors():
     from cryosgd.reconstruct.diagnostics import THRESHOLDS as T
 
     return {"blob": lambda m: m["spherical_correlation"] > T["blob_spherical_correlation"],
-            "sphere_nll": lambda m: m["sphere_relative_advantage"] < T["sphere_relative_advantage"],
+            "sphere_nll": lambda m: (m["sphere_relative_advantage"] < T["sphere_relative_advantage"]
+                                     or m["sphere_advantage"] < T["sphere_advantage_z"] * m["sphere_advantage_se"]),
             "collapse": lambda m: m["collapse_residual"] < T["collapse_residual"],
             "half_maps": lambda m: "half_map_ratio" in m and m["half_map_ratio"] > T["half_map_ratio"]}
 

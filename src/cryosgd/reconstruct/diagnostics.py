@@ -9,7 +9,8 @@ against the truth, with the confusion counts of each, in BENCHMARKS.md, "Failure
 - **half maps disagree** (gold standard only): the FSC-0.143 resolution between the half maps is
   much coarser than the band limit the run reached.
 - **barely beats a sphere**: the map's held-out NLL against that of the best-scaled uniform sphere
-  (:mod:`.nll_baseline`): the map's relative advantage is small.
+  (:mod:`.nll_baseline`): the map's relative advantage is small, or its advantage is within three
+  standard errors of none.
 - **symmetric collapse**: :func:`collapse_residual`, the smallest residual of the high-order groups
   (C5-C8, T, O, I) fitted to the C1 map by :func:`cryosgd.symmetry.find_symmetry`.  A map that fits
   C7 or C8 is nearly cylindrical at this resolution; one that fits O or I nearly spherical.
@@ -35,6 +36,10 @@ THRESHOLDS = {
     "half_map_ratio": 1.5,
     # warn below: correct maps 0.65-0.96, failed runs 0-0.54
     "sphere_relative_advantage": 0.6,
+    # warn below: the map's advantage over the sphere in standard errors; correct maps 10.6-18.1 (24 Å),
+    # an inverted run whose map and sphere both barely beat an empty map 1.1 (its relative advantage,
+    # a ratio of two near-zero gains, was 5.4)
+    "sphere_advantage_z": 3.0,
     # warn below: correct maps 0.078-0.15 (8ZPM, a dimer, is the near-cylindrical one), collapsed ones 0.01-0.05
     "collapse_residual": 0.06,
 }
@@ -133,15 +138,19 @@ def diagnose(volume, *, pixel_size: float, band_limit_A: float, radius_px: float
     if baselines:
         worst = min(baselines, key=lambda b: b["relative_advantage"])
         rel = worst["relative_advantage"]
+        z = worst["advantage"] / max(worst["advantage_se"], 1e-12)
         out.metrics.update({"sphere_relative_advantage": rel, "sphere_advantage": worst["advantage"],
-                            "sphere_advantage_se": worst["advantage_se"]})
-        if rel < t["sphere_relative_advantage"]:
+                            "sphere_advantage_se": worst["advantage_se"], "sphere_advantage_z": z})
+        small, unsure = rel < t["sphere_relative_advantage"], z < t["sphere_advantage_z"]
+        if small or unsure:
+            why = (f"{100 * rel:.0f}% of the map's gain over an empty map; below "
+                   f"{100 * t['sphere_relative_advantage']:.0f}%" if small else
+                   f"{z:.1f} standard errors; below {t['sphere_advantage_z']:g}")
             out.kinds.append("sphere_nll")
             out.warnings.append(f"the map barely beats a uniform sphere on the held-out images: held-out NLL "
                                 f"{worst['map_test_nll']:.3f} against the sphere's {worst['sphere_test_nll']:.3f} "
                                 f"nats/image (advantage {worst['advantage']:.3f} +- {worst['advantage_se']:.3f}, "
-                                f"{100 * rel:.0f}% of the map's gain over an empty map; below "
-                                f"{100 * t['sphere_relative_advantage']:.0f}%)")
+                                f"{why})")
     if symmetry:
         res, group = collapse_residual(volume, radius_px)
         out.metrics.update({"collapse_residual": res, "collapse_group": group})
