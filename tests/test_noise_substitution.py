@@ -48,7 +48,10 @@ def test_corrected_fsc_is_the_measured_one_within_the_band_and_chens_formula_bey
     c = corrected_fsc(t, n, 2.0)
     np.testing.assert_allclose(c[:3], t[:3])
     np.testing.assert_allclose(c[3:], [0.2, 0.0, 0.3])
-    assert corrected_fsc(np.array([1.0, 0.2]), np.array([1.0, 0.9]), 0.0)[1] == -1.0  # -7 is no correlation
+    assert corrected_fsc(np.array([1.0, 0.2]), np.array([1.0, 0.5]), 0.0)[1] == -0.6
+    assert corrected_fsc(np.array([1.0, -0.9]), np.array([1.0, 0.5]), 0.0)[1] == -1.0  # -2.8 is no correlation
+    # where the randomised halves agree above MAX_NULL the shell is not read: 0.97 against 0.92 is not 0.62
+    assert corrected_fsc(np.array([1.0, 0.97]), np.array([1.0, 0.92]), 0.0)[1] == 0.0
 
 
 @pytest.mark.slow
