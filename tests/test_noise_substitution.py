@@ -54,6 +54,15 @@ def test_corrected_fsc_is_the_measured_one_within_the_band_and_chens_formula_bey
     assert corrected_fsc(np.array([1.0, 0.97]), np.array([1.0, 0.92]), 0.0)[1] == 0.0
 
 
+def test_the_switch_leaves_the_checkpoints_of_the_start_and_halves_usable():
+    from cryosgd.reconstruct.checkpoint import checkpoint_key
+
+    # a gold standard run without it can be run again with it: the start and halves resume, only the
+    # randomised halves run (and a plain run's checkpoint from before the switch existed still resumes)
+    assert checkpoint_key(Settings(noise_substitution=False)) == checkpoint_key(Settings())
+    assert "noise_substitution" not in checkpoint_key(Settings())
+
+
 @pytest.mark.slow
 def test_on_pure_noise_the_correction_takes_back_the_claim_of_the_band(tmp_path, test_data):
     paths, sim = simulate_dataset(test_data / "5fuu.pdb.gz", tmp_path / "sim", n=1200, box=32, pixel_size=6.0,

@@ -28,10 +28,11 @@ NOT_IN_CHECKPOINT_KEY = ("device", "precision", "memory_budget", "checkpoint_eve
 
 def checkpoint_key(settings: Settings) -> str:
     """The settings that change the result, as text: a checkpoint resumes only under the same key."""
-    # gold_standard is left out too: its stages keep their own checkpoint files (halves.py), and a plain
-    # run's key stays what it was before the field existed
+    # gold_standard and noise_substitution are left out too: the gold standard's stages keep their own
+    # checkpoint files (halves.py), so a run started without noise substitution can add it and keep its
+    # start and halves, and a plain run's key stays what it was before the fields existed
     fields = {k: v for k, v in dataclasses.asdict(settings).items()
-              if k not in NOT_IN_CHECKPOINT_KEY and k != "gold_standard"}
+              if k not in NOT_IN_CHECKPOINT_KEY and k not in ("gold_standard", "noise_substitution")}
     return json.dumps(fields, sort_keys=True, default=str)
 
 

@@ -24,7 +24,8 @@ low-resolution start:
    corrected by theirs.  A shared start is not enough to keep the halves independent: on pure
    noise (32 px, 6 Å/px, 24 Å band, 48 Å start) the half maps agreed to the band limit, FSC
    0.38-0.74 in the four shells past the start; corrected, the FSC falls below 0.143 at 41.7 Å, where
-   the truth's own FSC 0.143 lies (40.2 Å); with another seed 36.0 Å (BENCHMARKS.md);
+   the truth's own FSC 0.143 lies (40.2 Å); over 24 runs of four sets, 23 within 1.5x of the
+   truth against 13 uncorrected (BENCHMARKS.md);
 7. the resolution at FSC 0.143 within the band limit (:func:`half_map_resolution`: beyond it the
    halves share what positivity and the mask make of their common low frequencies, and their FSC
    there stays high whatever the images say); the map is the average of the aligned halves.
