@@ -86,3 +86,29 @@ def test_killed_gold_standard_run_resumes_to_the_same_maps(tmp_path, test_data):
     for a, b in ((whole.half1, resumed.half1), (whole.half2, resumed.half2)):
         np.testing.assert_allclose(b.volume, a.volume, rtol=0, atol=1e-5 * np.abs(a.volume).max())
     assert resumed.resolution == whole.resolution
+
+
+@pytest.mark.slow
+def test_the_command_writes_the_corrected_gold_standard_and_its_curves(tmp_path, test_data, capsys):
+    import json
+
+    from cryosgd.cli import main as cli
+
+    paths, _ = simulate_dataset(test_data / "5fuu.pdb.gz", tmp_path / "sim", n=1200, box=32, pixel_size=6.0,
+                                snr=0.05, ctf_from=test_data / "empiar10026_ctf.star", shift_sigma=2.0, seed=5)
+    out = tmp_path / "gs"
+    assert cli(["reconstruct", str(paths.particles), "-o", str(out), "--gold-standard", "--epochs", "2",
+                "--max-shift", "4", "--seed", "3", "--reference", str(paths.volume), "--device", "cpu"]) == 0
+    said = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    gold, measured = summary["gold_standard_resolution_A"], summary["gold_standard_measured_resolution_A"]
+    with capsys.disabled():
+        print(f"gold standard {gold:.1f} Å (measured {measured:.1f} Å); against the truth "
+              f"{summary['fsc_0.143_A']:.1f} Å at 0.143; {summary['wall_seconds']:.0f} s")
+    assert summary["noise_substitution"] and summary["noise_substitution_band_A"] > summary["band_limit_resolution_A"]
+    assert gold >= measured - 1e-6                           # the correction only takes resolution back
+    assert 1 / 1.5 < gold / summary["fsc_0.143_A"] < 1.5     # and the result is the truth's, within 1.5x
+    assert "corrected by noise substitution" in said
+    assert {"checkpoint_null1.pt", "checkpoint_null2.pt", "fsc_halves.png"} <= {p.name for p in out.iterdir()}
+    half1, _ = read_map(out / "map_half1.mrc")
+    assert half1.shape == (32, 32, 32) and np.isfinite(half1).all()

@@ -122,6 +122,9 @@ def _cmd_reconstruct(args) -> None:
            f"{summary['wall_seconds']:.0f} s)")
     if "gold_standard_resolution_A" in summary:
         msg += f"; half maps agree to {summary['gold_standard_resolution_A']:.1f} Å at FSC 0.143"
+        if summary.get("noise_substitution"):
+            measured = summary["gold_standard_measured_resolution_A"]
+            msg += f" (corrected by noise substitution; {measured:.1f} Å as measured)"
     if "fsc_0.5_A" in summary:
         msg += f"; FSC vs reference: {summary['fsc_0.5_A']:.1f} Å at 0.5, {summary['fsc_0.143_A']:.1f} Å at 0.143"
     from ..runtime.memory import format_bytes

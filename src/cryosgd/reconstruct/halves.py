@@ -94,12 +94,14 @@ class GoldStandard:
     curve_measured: np.ndarray | None = None  # the half maps' FSC before correction
     curve_null: np.ndarray | None = None      # the phase-randomised halves' FSC (None: not run)
     null_band_px: float = 0.0                 # Fourier pixels: phases randomised beyond this
+    null_wall_time: float = 0.0               # seconds the phase-randomised halves took
 
     def combined(self) -> Reconstruction:
         """Half 1's record with the average as its map and the three maps as snapshots, for the writers."""
         snaps = {"half 1": self.half1.volume, "half 2 (aligned)": self.half2_aligned, "final": self.average}
         return dataclasses.replace(self.half1, volume=self.average, snapshots=snaps,
-                                   wall_time=self.start.wall_time + self.half1.wall_time + self.half2.wall_time)
+                                   wall_time=self.start.wall_time + self.half1.wall_time + self.half2.wall_time
+                                   + self.null_wall_time)
 
 
 def gold_standard(particles: ParticleSet, settings: Settings, *, checkpoint_dir: str | Path | None = None,
@@ -141,16 +143,17 @@ def gold_standard(particles: ParticleSet, settings: Settings, *, checkpoint_dir:
         return alignment, two_aligned, fsc(one.volume * mask, two_aligned * mask)
 
     alignment, half2_aligned, measured = compare(half1, half2)
-    curve, null = measured, None
+    curve, null, null_time = measured, None, 0.0
     if settings.noise_substitution:
         randomised = PhaseRandomised.of(particles, start.band_limit, settings.seed)
         null1 = run("null1", randomised.subset(labels == 1), halves_settings, initial)
         null2 = run("null2", randomised.subset(labels == 2), halves_settings, initial)
-        null = compare(null1, null2)[2]
+        null, null_time = compare(null1, null2)[2], null1.wall_time + null2.wall_time
         curve = corrected_fsc(measured, null, start.band_limit)
     return GoldStandard(start, half1, half2, labels, alignment, half2_aligned, 0.5 * (half1.volume + half2_aligned),
                         curve, half_map_resolution(curve, half1.band_limit, box, apix), radius,
-                        curve_measured=measured, curve_null=null, null_band_px=start.band_limit)
+                        curve_measured=measured, curve_null=null, null_band_px=start.band_limit,
+                        null_wall_time=null_time)
 
 
 def half_map_resolution(curve: np.ndarray, band_limit: float, box: int, pixel_size: float) -> float:
