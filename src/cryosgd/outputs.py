@@ -228,9 +228,9 @@ def write_gold_standard_outputs(outdir: Path, gs, particles: ParticleSet, *, pos
     if corrected:
         half = "half 1 vs half 2, corrected by noise substitution (0.143 within the band)"
         measured = "half 1 vs half 2, measured"
-        curves = {half: gs.curve, measured: gs.curve_measured,
-                  f"phase-randomised beyond {resolution_A(gs.null_band_px, box, apix):.1f} Å": gs.curve_null}
-        resolutions = {half: gs.resolution,
+        randomised = f"halves of images with random phases beyond {resolution_A(gs.null_band_px, box, apix):.1f} Å"
+        curves = {half: gs.curve, measured: gs.curve_measured, randomised: gs.curve_null}
+        resolutions = {half: gs.resolution, randomised: None,
                        measured: half_map_resolution(gs.curve_measured, rec.band_limit, box, apix)}
     if reference is not None:
         curves["map vs reference (aligned; 0.143)"] = compare_maps(rec.volume, reference, pixel_size=apix,

@@ -169,8 +169,8 @@ def plot_fsc(path, comparison, band_limit: float | None = None) -> None:
 def plot_fsc_curves(path, curves: dict, *, box: int, pixel_size: float, band_limit: float | None = None,
                     resolutions: dict | None = None) -> None:
     """Several FSC curves (name -> per-shell values 0 .. N//2) on one plot, with the 0.5 and 0.143 lines
-    and each curve's resolution in its label: ``resolutions[name]`` (Å) where given, else where it
-    first falls below 0.143."""
+    and each curve's resolution in its label: ``resolutions[name]`` (Å) where given (``None``: no
+    resolution, for a curve that is not read as one), else where it first falls below 0.143."""
     from .evaluate import resolution_at
 
     fig, ax = _subplots(figsize=(6, 4))
@@ -178,13 +178,13 @@ def plot_fsc_curves(path, curves: dict, *, box: int, pixel_size: float, band_lim
     for name, curve in curves.items():
         freq = np.arange(len(curve)) / (box * pixel_size)  # 1/Å
         res = (resolutions or {}).get(name, resolution_at(curve, box, pixel_size, 0.143))
-        label = f"{name}: {res:.1f} Å"
+        label = name if res is None else f"{name}: {res:.1f} Å"
         ax.plot(freq, curve, marker=".", label=label)
     for t in (0.5, 0.143):
         ax.axhline(t, color="gray", ls="--", lw=0.8)
     if band_limit:
         ax.axvline(band_limit / (box * pixel_size), color="C3", lw=0.8, label="band limit")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: curves fill the axes
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
     ax.set_ylim(min([-0.1] + [float(np.min(c)) - 0.05 for c in curves.values()]), 1.05)
