@@ -40,6 +40,11 @@ def test_an_image_reads_the_same_in_every_subset(tmp_path, test_data):
     assert isinstance(part, PhaseRandomised) and part.band_px == 3.0
     np.testing.assert_array_equal(part.read_images(np.arange(4)), whole[1::3])
     assert not np.allclose(whole, particles.read_images(np.arange(12)), atol=1e-3)
+    # the phases depend on the particle's place in the set, not on where its stack lies
+    moved = tmp_path / "moved"
+    (tmp_path / "sim").rename(moved)
+    again = PhaseRandomised.of(load_particles(moved / "particles.star"), 3.0, seed=1)
+    np.testing.assert_array_equal(again.read_images(np.arange(12)), whole)
 
 
 def test_corrected_fsc_is_the_measured_one_within_the_band_and_chens_formula_beyond():
@@ -80,6 +85,9 @@ def test_on_pure_noise_the_correction_takes_back_the_claim_of_the_band(tmp_path,
           f"{gs.resolution:.1f} Å")
     # uncorrected, the halves of pure noise agree past their shared start, out to the band limit
     assert past.min() > 0.143 and measured_A == pytest.approx(band_A)
-    # corrected, they do not: the claim falls back towards the start (how far varies from set to set,
-    # BENCHMARKS.md "Noise substitution")
-    assert gs.resolution > 1.1 * band_A
+    # corrected, that agreement is cut and the claim falls back towards the start.  How far is one draw
+    # of random phases against the images' own noise (BENCHMARKS.md "Noise substitution"): on this set
+    # three draws gave 26.1, 26.2 and 29.9 Å, the corrected FSC past the start averaging 0.26-0.30
+    # against 0.67 measured
+    assert gs.curve[shells].mean() < past.mean() - 0.2
+    assert gs.resolution > band_A

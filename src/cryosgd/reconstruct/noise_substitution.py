@@ -18,7 +18,6 @@ where FSC_n exceeds :data:`MAX_NULL` are not read (set to 0; see :func:`correcte
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
 import numpy as np
 import torch
@@ -47,23 +46,27 @@ def randomise_phases(images: np.ndarray, band_px: float, keys: np.ndarray, seed:
 @dataclasses.dataclass
 class PhaseRandomised(ParticleSet):
     """A :class:`~cryosgd.io.ParticleSet` whose images are read with :func:`randomise_phases` beyond
-    ``band_px``; an image's phases depend on its stack and index only, so subsets and resumed runs
+    ``band_px``.  An image's phases depend on ``seed`` and its position in the set they were made for
+    (``ids``, kept by :meth:`subset`) only: subsets, resumed runs and a set moved to another folder
     read the same images."""
 
     band_px: float = 0.0
     seed: int = 0
+    ids: np.ndarray | None = None   # (n,) each particle's index in the set of :meth:`of`
 
     @classmethod
     def of(cls, particles: ParticleSet, band_px: float, seed: int) -> PhaseRandomised:
         fields = {f.name: getattr(particles, f.name) for f in dataclasses.fields(ParticleSet) if f.init}
-        return cls(**fields, band_px=float(band_px), seed=int(seed))
+        return cls(**fields, band_px=float(band_px), seed=int(seed), ids=np.arange(len(particles)))
+
+    def subset(self, indices) -> PhaseRandomised:
+        index = np.arange(len(self))[np.asarray(indices)].reshape(-1)
+        return dataclasses.replace(super().subset(index), ids=self.ids[index])
 
     def read_images(self, indices) -> np.ndarray:
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
         images = super().read_images(index)
-        files = [zlib.crc32(str(self.image_files[i]).encode()) for i in index]
-        keys = np.stack([np.asarray(files, dtype=np.int64), self.image_index[index]], axis=1)
-        return randomise_phases(images, self.band_px, keys, self.seed)
+        return randomise_phases(images, self.band_px, self.ids[index][:, None], self.seed)
 
 
 MAX_NULL = 0.8   # beyond this FSC_n a shell is not read (see corrected_fsc)
