@@ -181,7 +181,9 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
                           pose_progress=None) -> tuple[dict, Reconstruction]:
     """:func:`~cryosgd.reconstruct.reconstruct` (resuming from ``outdir/checkpoint.pt``), each particle's
     pose (with ``assign``), and :func:`write_outputs` on the first process; ``(summary, Reconstruction)``
-    (the summary is empty on the other processes of a distributed run)."""
+    (the summary is empty on the other processes of a distributed run).  ``map.mrc`` is written as
+    soon as the map is made, before the poses (a full pass over the particles: 68 s of a 186 s run
+    at 64 px and 15 Å), so that it can be opened while they are assigned."""
     from .reconstruct import assign_poses, reconstruct
     from .runtime import parallel
 
@@ -191,6 +193,8 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
         staged = None if progress is None else (lambda stage, done, total, info: progress(done, total, info))
         gs = gold_standard(particles, settings, checkpoint_dir=outdir, progress=staged)
         rec = gs.combined()
+        if assign:
+            _write_map_first(outdir, rec, particles)
         poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
         if not parallel.is_main():
             return {}, rec
@@ -202,11 +206,22 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
 
         poses = assign_class_poses(particles, rec, progress=pose_progress) if assign else None
     else:
+        if assign:
+            _write_map_first(outdir, rec, particles)
         poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
     if not parallel.is_main():
         return {}, rec
     return write_outputs(outdir, rec, particles, poses=poses, reference=reference,
                          reference_name=reference_name), rec
+
+
+def _write_map_first(outdir: Path, rec: Reconstruction, particles: ParticleSet) -> None:
+    """``map.mrc`` now, before the poses are assigned (:func:`write_outputs` writes it again, the same)."""
+    from .runtime import parallel
+
+    if parallel.is_main():
+        Path(outdir).mkdir(parents=True, exist_ok=True)
+        write_map(Path(outdir) / "map.mrc", rec.volume.astype(np.float32), particles.pixel_size)
 
 
 def write_gold_standard_outputs(outdir: Path, gs, particles: ParticleSet, *, poses=None,
