@@ -28,13 +28,13 @@ from ..io import ParticleSet
 __all__ = ["randomise_phases", "PhaseRandomised", "corrected_fsc", "MAX_NULL"]
 
 
-def randomise_phases(images: np.ndarray, band_px: float, keys: np.ndarray, seed: int) -> np.ndarray:
+def randomise_phases(images: np.ndarray, band_px: float, ids: np.ndarray, seed: int) -> np.ndarray:
     """``(k, N, N)`` real images with the phases of every frequency beyond ``band_px`` (Fourier pixels)
-    replaced by those of white noise drawn from ``(seed, keys[i])``: the same image gets the same
+    replaced by those of white noise drawn from ``(seed, ids[i])``: the same image gets the same
     phases on every read.  Amplitudes are kept, so the images' power spectrum is unchanged."""
     images = np.asarray(images)
     n = images.shape[-1]
-    noise = np.stack([np.random.default_rng([seed, *k]).standard_normal((n, n)) for k in np.asarray(keys)])
+    noise = np.stack([np.random.default_rng([seed, int(i)]).standard_normal((n, n)) for i in np.asarray(ids)])
     spec = fft2c(torch.as_tensor(images, dtype=torch.float64))
     phase = fft2c(torch.as_tensor(noise))
     phase = phase / phase.abs().clamp_min(1e-300)        # unit phasors, Hermitian like the noise
@@ -66,7 +66,7 @@ class PhaseRandomised(ParticleSet):
     def read_images(self, indices) -> np.ndarray:
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
         images = super().read_images(index)
-        return randomise_phases(images, self.band_px, self.ids[index][:, None], self.seed)
+        return randomise_phases(images, self.band_px, self.ids[index], self.seed)
 
 
 MAX_NULL = 0.8   # beyond this FSC_n a shell is not read (see corrected_fsc)
