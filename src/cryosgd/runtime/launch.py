@@ -75,22 +75,20 @@ def run_spawned(main: Callable, argv: list, nproc: int) -> int:
         # each process sees WORLD_SIZE > 1, so its own --nproc does not spawn again
         context = mp.start_processes(_spawned, args=(main, argv, nproc, store.port, tmp), nprocs=nproc,
                                      join=False, start_method="spawn")
+        exited = None  # what spawn saw first, shown when no process gives a cause
         try:
             while not context.join():
                 pass
         except mp.ProcessExitedException as err:
-            exitcodes = [p.exitcode for p in context.processes]
-            cause = _cause(_reports(errors), exitcodes, resume) or (
-                3, f"cryosgd: error: process {err.error_index} of {nproc} exited with code {err.exit_code}; {resume}")
-            print(cause[1], file=sys.stderr)
-            return cause[0]
+            exited = (3, f"cryosgd: error: process {err.error_index} of {nproc} exited with code {err.exit_code}; "
+                         f"{resume}")
         except mp.ProcessRaisedException as err:
             last = str(err).strip().splitlines()[-1]
             print(f"cryosgd: error: process {err.error_index} of {nproc} failed ({last}); {resume}",
                   file=sys.stderr)
             return 3
-        # a handled failure in every process ends with code 0 from each
-        cause = _cause(_reports(errors), [p.exitcode for p in context.processes], resume)
+        # join() has waited for every process: their reports and exit codes are final (none after a clean run)
+        cause = _cause(_reports(errors), [p.exitcode for p in context.processes], resume) or exited
     del store
     if cause is not None:
         print(cause[1], file=sys.stderr)
