@@ -98,7 +98,8 @@ def one_run(name: str, seed: int, folder: Path, gold: bool, success_A: float = S
             row.update({"gold_standard_measured_resolution_A": half_map_resolution(gs.curve_measured,
                                                                                    gs.half1.band_limit, BOX, APIX),
                         "half_fsc_measured": np.round(gs.curve_measured, 4).tolist(),
-                        "half_fsc_null": np.round(gs.curve_null, 4).tolist()})
+                        "half_fsc_null": np.round(gs.curve_null, 4).tolist(),
+                        "noise_substitution_band_A": resolution_A(gs.null_band_px, BOX, APIX)})
     else:
         rec = reconstruct(particles, settings)
         baselines = [rec.baseline]
@@ -155,17 +156,36 @@ def _confusion(rows, title: str) -> None:
         print(f"| {name} | {len(use)} | {c[0]} | {c[1]} | {c[2]} | {c[3]} |")
 
 
-def table(paths, calibration=None, success_A: float | None = None) -> None:
+def _recorrect(row: dict, start_band_A: float | None) -> None:
+    """A gold-standard row with both curves: its resolution and half-map ratio as the current correction
+    (:func:`~cryosgd.reconstruct.noise_substitution.corrected_fsc`) reads them, the start's band from the
+    row (``noise_substitution_band_A``) or ``start_band_A`` for rows that did not record it."""
+    from cryosgd.fourier import band_limit_px
+    from cryosgd.reconstruct.halves import half_map_resolution
+    from cryosgd.reconstruct.noise_substitution import corrected_fsc
+
+    start_A = row.get("noise_substitution_band_A", start_band_A)
+    if "half_fsc_null" not in row or start_A is None:
+        return
+    curve = corrected_fsc(row["half_fsc_measured"], row["half_fsc_null"], band_limit_px(start_A, BOX, APIX))
+    res = half_map_resolution(curve, band_limit_px(row["band_limit_A"], BOX, APIX), BOX, APIX)
+    row["gold_standard_resolution_A"] = res
+    row["metrics"]["half_map_ratio"] = res / row["band_limit_A"]
+
+
+def table(paths, calibration=None, success_A: float | None = None, start_band_A: float | None = None) -> None:
     """The runs with their numbers and the warnings the current thresholds give; the confusion counts,
     over all runs and over those after the first ``calibration[i]`` lines of each file (the runs the
-    thresholds were not chosen from).  ``success_A``: judge success again at this FSC 0.5 (Å)."""
+    thresholds were not chosen from).  ``success_A``: judge success again at this FSC 0.5 (Å).
+    Gold-standard rows that stored both curves are read with the current correction (:func:`_recorrect`)."""
     tests = _detectors()
     rows, later = [], []
     for i, p in enumerate(paths):
         lines = [json.loads(line) for line in Path(p).read_text().splitlines()]
-        if success_A is not None:
-            for r in lines:
+        for r in lines:
+            if success_A is not None:
                 r["success"] = bool(r["fsc05_A"] <= success_A)
+            _recorrect(r, start_band_A)
         rows += lines
         if calibration:
             later += lines[calibration[i]:]
@@ -206,10 +226,12 @@ def main(argv=None) -> int:
                                          "thresholds were chosen from")
     p.add_argument("--success-A", type=float, help=f"a run succeeds when its FSC 0.5 against the truth is finer "
                                                    f"(default {SUCCESS_A:g} Å; table: as recorded)")
+    p.add_argument("--start-band-A", type=float, help="table: the shared start's band (Å) of gold-standard rows "
+                                                      "that stored both curves but not that band")
     args = p.parse_args(argv)
     if args.study == "table":
         table(args.paths, [int(c) for c in args.calibration.split(",")] if args.calibration else None,
-              args.success_A)
+              args.success_A, args.start_band_A)
         return 0
     names = args.sets.split(",") if args.sets else (WARNING_SETS if args.study == "warnings" else ["5fuu", "8zpm"])
     run_study(args.study, args.output, [int(s) for s in args.seeds.split(",")], names,
