@@ -39,8 +39,8 @@ def problem():
 
 def pruned(**kw):
     """No caps: this small problem's coarse posteriors are broad (thousands of coarse rotations)."""
-    kw = {"max_rotations": None, "max_shifts": None, **kw}
-    return PrunedLikelihood(BOX, APIX, BAND, max_shift=MAX_SHIFT, dtype=torch.float64, dense_above=2.0, **kw)
+    kw = {"max_rotations": None, "max_shifts": None, "dense_above": 2.0, **kw}
+    return PrunedLikelihood(BOX, APIX, BAND, max_shift=MAX_SHIFT, dtype=torch.float64, **kw)
 
 
 def rel(a, b):
@@ -124,6 +124,33 @@ def test_dense_fallback_is_the_exhaustive_kernel(problem):
     res = kern(vols["random"], kern.prepare(images, ctf))
     assert kern.last_stats["dense"]
     assert torch.allclose(res.log_likelihood, refs["random"].log_likelihood, rtol=0, atol=1e-9)
+
+
+def test_a_call_split_over_threads_is_the_same_sum(problem):
+    """Three groups of four images in threads: each image's log-likelihood, best pose and the pose
+    counts as in one call, the gradient the same sum (another order); groups that fall back to the
+    exhaustive kernel merge too; the intra-op thread count is restored."""
+    images, ctf, vols, refs = problem
+    threads = torch.get_num_threads()
+    whole, split = pruned(workers=1), pruned(workers=3, min_group=1)
+    weights = torch.linspace(0.5, 1.5, N, dtype=torch.float64)
+    for name in ("truth", "random"):
+        a = whole(vols[name], whole.prepare(images, ctf), image_weights=weights)
+        b = split(vols[name], split.prepare(images, ctf), image_weights=weights)
+        assert torch.allclose(a.log_likelihood, b.log_likelihood, rtol=0, atol=1e-10)
+        assert rel(b.gradient, a.gradient) < 1e-12
+        assert np.allclose(a.best_rotation, b.best_rotation) and np.allclose(a.best_shift, b.best_shift)
+        assert np.allclose(a.best_probability, b.best_probability, atol=1e-12)
+        for key in ("fine_poses", "coarse_poses", "exhaustive_poses"):
+            assert whole.last_stats[key] == split.last_stats[key]
+        for key in ("kept_rotations", "fine_shifts", "evaluated_fraction"):   # means of float32 counts
+            assert whole.last_stats[key] == pytest.approx(split.last_stats[key], rel=1e-6)
+    assert torch.get_num_threads() == threads and not split.last_stats["dense"]
+    dense = pruned(workers=3, min_group=1, dense_above=0.0)
+    res = dense(vols["random"], dense.prepare(images, ctf))
+    assert dense.last_stats["dense"]
+    assert torch.allclose(res.log_likelihood, refs["random"].log_likelihood, rtol=0, atol=1e-9)
+    assert rel(res.gradient, refs["random"].gradient) < 1e-10
 
 
 def test_search_setting_chooses_the_kernel():

@@ -42,6 +42,7 @@ import torch
 from ..forward.candidate_slicing import CandidateSlicing
 from ..forward.interp import KERNELS
 from ..runtime.device import exp_floored_, flush_denormals, tf32_products
+from ..runtime.threads import MIN_GROUP, map_in_threads, thread_groups
 from .asymmetric_unit import restrict_to_asymmetric_unit
 from .likelihood import LOG_ZERO, LikelihoodBatch, LikelihoodResult, MarginalLikelihood
 from .pose_tree import PoseTree
@@ -66,6 +67,11 @@ class PrunedBatch:
     def __len__(self) -> int:
         return len(self.fine)
 
+    def subset(self, rows: slice) -> PrunedBatch:
+        """The images ``rows`` of both levels."""
+        return PrunedBatch(*(LikelihoodBatch(b.data[rows], b.ctf[rows], b.data_norm[rows])
+                             for b in (self.coarse, self.fine)))
+
 
 class PrunedLikelihood:
     """Coarse-to-fine likelihood kernel with the interface of :class:`.MarginalLikelihood`.
@@ -86,7 +92,9 @@ class PrunedLikelihood:
     neighbours:   each fine rotation is a child of its ``neighbours`` nearest coarse rotations and
                   each fine shift of its ``neighbours`` nearest coarse shifts (1: a partition; more:
                   kept cells are dilated, for fine posteriors that straddle a coarse cell's edge).
-    fine_memory:  bytes for the gathered fine slices of an image group.
+    fine_memory:  bytes for the gathered fine slices of an image group (shared among the threads).
+    workers, min_group: threads a call is split over, by images (``None``: PyTorch's intra-op thread
+                  count on the CPU, one elsewhere), at least ``min_group`` images each.
     operator_limit: bytes; when the full-band slicing operator fits, it is stored (in an exhaustive
                   kernel, for broad posteriors) and so is a table of every fine rotation's interpolation
                   taps; otherwise the candidates' taps are computed on each call.
@@ -118,11 +126,12 @@ class PrunedLikelihood:
                  neighbours: int = 2, noise_std: float = 1.0, oversampling: int = 2,
                  kernel: str = "trilinear", dtype=torch.float32, device=None, memory_budget: int | None = None,
                  tf32: bool = False, fine_memory: int = 256 << 20, operator_limit: int = 1 << 30,
-                 dense_above: float = 0.1, coarse_shift_step: float | None = None, symmetry=None):
+                 dense_above: float = 0.1, coarse_shift_step: float | None = None, symmetry=None,
+                 workers: int | None = None, min_group: int = MIN_GROUP):
         self.box, self.pixel_size, self.band_limit = box, pixel_size, band_limit
         self.epsilon, self.max_rotations, self.max_shifts = float(epsilon), max_rotations, max_shifts
         self.min_rotations, self.min_shifts = int(min_rotations), int(min_shifts)
-        self.fine_memory = int(fine_memory)
+        self.fine_memory, self.workers, self.min_group = int(fine_memory), workers, int(min_group)
         self.dense_above = float(dense_above)
         self.coarse_memory = 1 << 30 if memory_budget is None else int(memory_budget)
         self.dtype, self.device = dtype, torch.device(device or "cpu")
@@ -220,21 +229,43 @@ class PrunedLikelihood:
         """Log-likelihoods ``(B,)`` (nats), the gradient ``(N, N, N)`` of their negative sum, best poses.
 
         ``image_weights`` ``(B,)``: the gradient of ``-sum_b w_b log p(I_b | V)`` instead (as
-        :meth:`MarginalLikelihood.__call__`); ``None`` leaves the result bit for bit as without."""
+        :meth:`MarginalLikelihood.__call__`); ``None`` leaves the result bit for bit as without.
+        On the CPU the images are split into groups scored in threads (:mod:`cryosgd.runtime.threads`;
+        ``workers``); each image's terms are the same, only the sums' order of the gradient changes."""
         volume = volume.to(self.device, self.dtype)
-        with torch.no_grad(), tf32_products(self.tf32), flush_denormals():
-            rot, shift = self.coarse_marginals(volume, batch.coarse)
-            base, var, sidx, r_keep, s_keep, n_rot, n_shift = self.select(rot, shift)
-            counts = (r_keep, s_keep, n_rot, n_shift, rot.shape)
-            exhaustive_poses = len(batch) * self.rotations.size * len(self.shifts)
-            if self.exhaustive is not None and float((n_rot * n_shift).sum()) > self.dense_above * exhaustive_poses:
-                self.last_stats = self._stats(counts, len(self.rotations.base), dense=True)
-                return self.exhaustive(volume, batch.fine, gradient=gradient, poses=poses,
-                                       image_weights=image_weights)
-            return self._fine(volume, batch.fine, base, var, sidx, gradient, poses, counts, image_weights)
+        groups = thread_groups(len(batch), self.device, self.workers, self.min_group)
 
-    def _fine(self, volume, batch, base, var, sidx, gradient, poses, counts, weights=None) -> LikelihoodResult:
-        """Score candidates ``base``/``var`` ``(B, n)`` x shifts ``sidx`` ``(B, s)`` (-1: padding)."""
+        def one(g: slice):
+            part = batch if len(groups) == 1 else batch.subset(g)
+            w = None if image_weights is None else image_weights[g]
+            return self._evaluate(volume, part, gradient, poses, w, self.fine_memory // len(groups))
+
+        with torch.no_grad(), tf32_products(self.tf32), flush_denormals():
+            parts = map_in_threads(one, groups)
+        self.last_stats = _merge_stats(parts, self.coarse.n_points, self.n_points)
+        if len(parts) == 1:
+            return parts[0][0]
+        res = [r for r, _ in parts]
+        grad = torch.stack([r.gradient for r in res]).sum(0) if gradient else None
+        best = [None if res[0].best_rotation is None else np.concatenate([getattr(r, k) for r in res])
+                for k in ("best_rotation", "best_shift", "best_probability")]
+        return LikelihoodResult(torch.cat([r.log_likelihood for r in res]), grad, *best)
+
+    def _evaluate(self, volume, batch: PrunedBatch, gradient, poses, image_weights, fine_memory):
+        """One group's ``(result, stats)``: coarse marginals, candidates, then the fine level or, where
+        the candidates are many, the exhaustive kernel."""
+        rot, shift = self.coarse_marginals(volume, batch.coarse)
+        base, var, sidx, r_keep, s_keep, n_rot, n_shift = self.select(rot, shift)
+        counts = (r_keep, s_keep, n_rot, n_shift, rot.shape)
+        exhaustive_poses = len(batch) * self.rotations.size * len(self.shifts)
+        if self.exhaustive is not None and float((n_rot * n_shift).sum()) > self.dense_above * exhaustive_poses:
+            res = self.exhaustive(volume, batch.fine, gradient=gradient, poses=poses, image_weights=image_weights)
+            return res, self._stats(counts, len(self.rotations.base), dense=True)
+        return self._fine(volume, batch.fine, base, var, sidx, gradient, poses, counts, image_weights, fine_memory)
+
+    def _fine(self, volume, batch, base, var, sidx, gradient, poses, counts, weights, fine_memory):
+        """Score candidates ``base``/``var`` ``(B, n)`` x shifts ``sidx`` ``(B, s)`` (-1: padding):
+        ``(result, stats)``, the groups' gathered slices within ``fine_memory`` bytes."""
         f, p = self.frame, self.n_points
         b = len(batch)
         inv2 = 1.0 / self.noise_std ** 2
@@ -263,7 +294,7 @@ class PrunedLikelihood:
             g8 = torch.zeros_like(yf2)
         wts = None if weights is None else torch.as_tensor(weights, dtype=self.dtype, device=dev)
         _, _, n_rot, n_shift, _ = counts
-        for idx, nr, ns in self._groups(n_rot, n_shift, p):
+        for idx, nr, ns in self._groups(n_rot, n_shift, p, fine_memory):
             gi = inv[idx, :nr]                                                           # (G, nr)
             sg = sidx[idx, :ns]                                                          # (G, ns)
             ok = rot_ok[idx, :nr][:, :, None] & sh_ok[idx, :ns][:, None, :]              # (G, nr, ns)
@@ -299,17 +330,17 @@ class PrunedLikelihood:
             gf[..., 1] *= sign
             gy = torch.zeros_like(y).view(-1, 2).index_add_(0, gidx.reshape(-1), gf.reshape(-1, 2))
             grad = f.band.adjoint_pairs(self.candidates.adjoint(gy.view(y.shape), union).view(cube.shape))
-        self.last_stats = self._stats(counts, len(union))
+        stats = self._stats(counts, len(union))
         if not poses:
-            return LikelihoodResult(lse, grad, None, None, None)
+            return LikelihoodResult(lse, grad, None, None, None), stats
         bi = best.numpy()
         return LikelihoodResult(lse, grad, self.rotations.rotation(bi[:, 0], bi[:, 1]), self.shifts[bi[:, 2]],
-                                best_p)
+                                best_p), stats
 
-    def _groups(self, n_rot: torch.Tensor, n_shift: torch.Tensor, p: int):
+    def _groups(self, n_rot: torch.Tensor, n_shift: torch.Tensor, p: int, fine_memory: int):
         """Images in groups of similar candidate counts, so that padding to a group's largest count costs
         little: ``(images, rotations, shifts)`` per group, each group's gathered slices and scores
-        within :attr:`fine_memory` (per candidate: its row, the row squared, its gradient row and the
+        within ``fine_memory`` bytes (per candidate: its row, the row squared, its gradient row and the
         norm term's weights, 2P numbers each, and its scores).  In one group, a few images at the
         rotation cap made every image of a minibatch pay for thousands of padded candidates (64 px,
         15 Å: 7.3 s a call instead of 3.1)."""
@@ -321,7 +352,7 @@ class PrunedLikelihood:
             stop, smax = start + 1, ns[start]
             while stop < len(nr):
                 s2 = max(smax, ns[stop])
-                if (stop + 1 - start) * nr[stop] * (8 * p + 2 * s2) * width > self.fine_memory:
+                if (stop + 1 - start) * nr[stop] * (8 * p + 2 * s2) * width > fine_memory:
                     break
                 stop, smax = stop + 1, s2
             yield order[start:stop].to(self.device), max(1, nr[stop - 1]), max(1, smax)
@@ -343,3 +374,21 @@ class PrunedLikelihood:
                 "kept_rotations": float(r_keep.float().mean()), "kept_shifts": float(s_keep.float().mean()),
                 "fine_rotations": float(n_rot.float().mean()), "fine_shifts": float(n_shift.float().mean()),
                 "union_rotations": n_union, "rotation_cap_hits": int((r_keep >= cap).sum()), "dense": dense}
+
+
+def _merge_stats(parts: list, coarse_points: int, fine_points: int) -> dict:
+    """One call's :meth:`PrunedLikelihood._stats` from its thread groups' ``(result, stats)``: counts
+    summed, per-image means weighted by the groups' images, ``dense`` if any group went dense."""
+    if len(parts) == 1:
+        return parts[0][1]
+    stats = [st for _, st in parts]
+    sizes = np.array([len(r.log_likelihood) for r, _ in parts], dtype=float)
+    out = {k: sum(st[k] for st in stats) for k in ("coarse_poses", "fine_poses", "exhaustive_poses",
+                                                    "union_rotations", "rotation_cap_hits")}
+    for k in ("kept_rotations", "kept_shifts", "fine_rotations", "fine_shifts"):
+        out[k] = float(np.dot(sizes, [st[k] for st in stats]) / sizes.sum())
+    c, f, e = out["coarse_poses"], out["fine_poses"], out["exhaustive_poses"]
+    out["evaluated_fraction"] = (c + f) / e
+    out["flop_fraction"] = (c * coarse_points + f * fine_points) / (e * fine_points)
+    out["dense"] = any(st["dense"] for st in stats)
+    return out

@@ -31,8 +31,11 @@ def reuse_freed_memory(threshold: int = 1 << 30) -> bool:
     at 64 px and 15 Å took 37 million page faults and 80 s of system time in 244 s.  With blocks
     up to ``threshold`` bytes served from the heap, and the heap not trimmed, one pruned likelihood
     call there went from 2.8 to 2.1 s (``BENCHMARKS.md``); the peak resident memory is the
-    same, but memory freed after the peak stays with the process.  The setting is process-wide; the
-    command line and :func:`.reconstruct.reconstruct` make it.  Elsewhere than glibc it does nothing.
+    same, but memory freed after the peak stays with the process.  Threads share the one heap (one
+    arena): another thread's arena serves blocks over 64 MiB with a fresh ``mmap`` whatever the
+    threshold, and the threads of a split call (:mod:`.threads`) page-faulted their temporaries in
+    again on each call.  The setting is process-wide; the command line and
+    :func:`.reconstruct.reconstruct` make it.  Elsewhere than glibc it does nothing.
     """
     import ctypes
     import ctypes.util
@@ -44,8 +47,9 @@ def reuse_freed_memory(threshold: int = 1 << 30) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
     ok = mallopt(m_mmap_threshold, ctypes.c_int(int(threshold)))
+    ok = ok and mallopt(m_arena_max, ctypes.c_int(1))
     return bool(ok and mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)))
 
 
