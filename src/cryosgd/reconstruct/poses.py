@@ -19,9 +19,11 @@ def assign_poses(particles: ParticleSet, volume: np.ndarray, rec: Reconstruction
     """Each particle's most probable pose under the final map and band limit.
 
     Returns rotations ``(n, 3, 3)``, origin offsets ``(n, 2)`` pixels and the
-    posterior probability of that pose ``(n,)``.
+    posterior probability of that pose ``(n,)`` (among the poses scored).  Where the search is pruned it
+    keeps fewer candidates than training's (:data:`.schedule.POSE_SEARCH`): a pose needs no marginal.
+    (Class assignment, :func:`.classes.assign_class_poses`, compares marginals and keeps training's.)
     """
-    kern = build_kernel(rec.band_limit, particles.box, particles.pixel_size, rec.settings)
+    kern = build_kernel(rec.band_limit, particles.box, particles.pixel_size, rec.settings, poses_only=True)
     vol = torch.as_tensor(volume, dtype=torch.float32, device=kern.device)
     n = len(particles)
     rots, shifts, probs = np.empty((n, 3, 3)), np.empty((n, 2)), np.empty(n)
