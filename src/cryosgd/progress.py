@@ -43,10 +43,12 @@ class StepBar:
     """The training steps of one run: ``bar(done, total, row)`` is :func:`cryosgd.reconstruct.reconstruct`'s
     ``progress``.  The bar appears with the first step (so bad input ends with its one line alone) and
     counts its rate and ETA from there, also on a resumed run; it shows the band limit in Å and the
-    held-out NLL."""
+    held-out NLL.  A row with ``"stage"`` (the learning-rate search before the first step) shows that
+    stage; the rate and ETA then count from the first step."""
 
     def __init__(self, label: str, box: int, pixel_size: float):
         self.label, self.box, self.pixel_size, self.bar = label, box, pixel_size, None
+        self.staged = False
 
     def __call__(self, done: int, total: int, row: dict) -> None:
         from tqdm import tqdm
@@ -54,8 +56,14 @@ class StepBar:
         if self.bar is None:
             self.bar = tqdm(desc=self.label, unit="step", file=sys.stderr, dynamic_ncols=True, total=total,
                             initial=done, disable=quiet())
+        elif self.staged and "stage" not in row:
+            self.bar.reset(total=total)   # the rate and ETA count from the first step
+            self.bar.initial = done
+        self.staged = "stage" in row
         self.bar.total, self.bar.n = total, done
         info = {"res": f"{resolution_A(row['band_limit'], self.box, self.pixel_size):.1f}A"}
+        if self.staged:
+            info["stage"] = row["stage"]
         if "test_nll" in row:
             info["test_nll"] = f"{row['test_nll']:.2f}"
         self.bar.set_postfix(info, refresh=True)

@@ -79,7 +79,8 @@ def _run_one(particles, outdir: Path, settings, *, reference=None, reference_nam
     from ..outputs import reconstruct_and_write
 
     steps = StepBar(label or settings.optimizer, particles.box, particles.pixel_size)
-    poses = LazyCounter(len(particles), "poses")
+    # the map is on disk before the poses are assigned (outputs.reconstruct_and_write), but for classes
+    poses = LazyCounter(len(particles), "poses" if settings.classes > 1 else "poses (map.mrc written)")
     try:
         return reconstruct_and_write(particles, outdir, settings, reference=reference, reference_name=reference_name,
                                      assign=assign, progress=steps, pose_progress=poses)

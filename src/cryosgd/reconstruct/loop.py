@@ -94,7 +94,8 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
 
     checkpoint: file to save to (atomically, every ``checkpoint_every`` seconds and at
                 the end) and to resume from if it exists with the same settings.
-    progress:   ``progress(done_steps, total_steps, info_dict)`` after every step.
+    progress:   ``progress(done_steps, total_steps, info_dict)`` after every step, and once before the
+                learning-rate search with ``info_dict["stage"]`` (no step done).
     stop_after: stop (with a checkpoint) after this many steps: for tests of resumption.
     initial_volume: ``(N, N, N)`` start instead of the random spheres (the gold-standard halves start
                 from one shared low-resolution map; :mod:`.halves`); not part of the checkpoint key.
@@ -184,6 +185,8 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
                                                                       diameter_A=settings.particle_diameter)
         volume = project_constraints(symmetrise_tensor(start.to(device), settings.symmetry))  # C1: unchanged
         lr = settings.learning_rate
+        if lr is None and progress is not None:  # the search takes a few short runs: say so before them
+            progress(0, n_steps, {"band_limit": schedule[0][1], "stage": "tuning the learning rate"})
         if lr is None and settings.tune_rate:
             lr = tune_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints,
                            n_train, seed=settings.seed, tune_images=settings.tune_images,
