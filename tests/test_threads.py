@@ -34,3 +34,19 @@ def test_results_come_in_order_and_a_failure_waits_for_the_others():
         map_in_threads(work, [0, 1, 2])
     assert sorted(ended) == [1, 2] and torch.get_num_threads() == threads
     assert map_in_threads(lambda g: g * 2, [1, 2]) == [2, 4]
+
+
+def test_each_group_runs_with_denormals_flushed_in_its_own_thread():
+    """Flushing is a thread's setting: each group's thread flushes while it runs (a kernel's own block
+    inside it does not switch that off), and the calling thread's setting is left alone."""
+    from cryosgd.runtime.device import flush_denormals
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)   # a float32 denormal
+
+    def work(g):
+        with flush_denormals():
+            pass
+        return float(tiny * 1.0)
+
+    assert map_in_threads(work, [0, 1]) == [0.0, 0.0]
+    assert float(tiny * 1.0) != 0.0

@@ -5,6 +5,7 @@ checkpoint on another device or precision (``reconstruct/checkpoint.py``).
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -64,26 +65,27 @@ def tf32_products(enabled: bool):
         setattr(matmul, key, old)
 
 
-_flush_depth = 0  # nested blocks: the outermost one switches flushing on and off
+_flush = threading.local()  # per thread, the depth of nested blocks: the outermost one switches flushing
 
 
 @contextmanager
 def flush_denormals():
-    """Denormal floats flushed to zero on the CPU inside the block, and not outside it.
+    """Denormal floats flushed to zero on the CPU inside the block, and not outside it, in the
+    calling thread (the setting is the thread's: :mod:`.threads` enters a block in each of its own).
 
     Posterior responsibilities far below 1e-38 are denormals; without flushing, the gradient
     products that read them run up to 100 times slower (docs/reconstruction.md).  PyTorch offers
     no way to read the setting, so flushing is off again after the outermost block.
     """
-    global _flush_depth
-    if _flush_depth == 0:
+    depth = getattr(_flush, "depth", 0)
+    if depth == 0:
         torch.set_flush_denormal(True)
-    _flush_depth += 1
+    _flush.depth = depth + 1
     try:
         yield
     finally:
-        _flush_depth -= 1
-        if _flush_depth == 0:
+        _flush.depth = depth
+        if depth == 0:
             torch.set_flush_denormal(False)
 
 

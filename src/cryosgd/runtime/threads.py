@@ -4,15 +4,16 @@ PyTorch runs a matrix product on all of its intra-op threads, but some of the pr
 operations on one core whatever their count: ``index_select`` and ``index_add_`` (the candidates'
 gathers and scatters).  On a 2-core machine they held a quarter of a pruned call's time at 2
 threads.  The minibatch's halves, each in a thread with one intra-op thread, keep both cores busy
-through them.  Measured on that machine, calls alternating between the two ways over 12 minibatches
-of 100 at 64 px (``BENCHMARKS.md``): at 15 Å 1.38 -> 1.10 s a call without the gradient and
-1.95 -> 1.61 s with it, at 21 Å 1.11 -> 0.96 s; at 128 px and 16% of Nyquist, no difference.
+through them.  Measured on that machine (``benchmarks/threads.py``, 100 images, the median call):
+at 64 px and 15 Å 1.57 -> 1.28 s without the gradient and 2.45 -> 2.14 s with it; at 128 px and 16% of
+Nyquist 5% less.
 Work done once per call (the volume's transform, the coarse slices) is then done once per group,
 so a group keeps at least :data:`MIN_GROUP` images; the exhaustive kernel, one large product,
 was slower split (0.35 -> 0.43 s at 36 Å) and is not split.
 
-The threads are a private pool, with denormals flushed to zero in each (:func:`.device.flush_denormals`
-covers the calling thread only); while they run, PyTorch's intra-op thread count is divided among them.
+The threads are a private pool; each group runs with denormals flushed to zero in its thread
+(:func:`.device.flush_denormals` covers the calling thread only) and without autograd; while they run,
+PyTorch's intra-op thread count is divided among them.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
+
+from .device import flush_denormals
 
 __all__ = ["MIN_GROUP", "thread_groups", "map_in_threads"]
 
@@ -41,10 +44,6 @@ def thread_groups(n: int, device: torch.device, workers: int | None = None, min_
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _start_worker() -> None:
-    torch.set_flush_denormal(True)   # this thread only: the pool's threads run nothing else
-
-
 def map_in_threads(fn: Callable, groups: Sequence) -> list:
     """``[fn(g) for g in groups]``, each in a thread of the pool with ``T // len(groups)`` intra-op
     threads (T: the count before the call, restored after it; the first exception is raised)."""
@@ -55,17 +54,17 @@ def map_in_threads(fn: Callable, groups: Sequence) -> list:
         if _pool is None or _pool_size < len(groups):
             if _pool is not None:
                 _pool.shutdown()
-            _pool, _pool_size = ThreadPoolExecutor(len(groups), "cryosgd-split", initializer=_start_worker), len(groups)
+            _pool, _pool_size = ThreadPoolExecutor(len(groups), "cryosgd-split"), len(groups)
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, threads // len(groups)))
         try:
-            futures = [_pool.submit(_no_grad, fn, g) for g in groups]
+            futures = [_pool.submit(_in_worker, fn, g) for g in groups]
             wait(futures)   # all of them, before the thread count is restored
             return [f.result() for f in futures]
         finally:
             torch.set_num_threads(threads)
 
 
-def _no_grad(fn: Callable, group):
-    with torch.no_grad():   # the grad mode is per thread
+def _in_worker(fn: Callable, group):
+    with torch.no_grad(), flush_denormals():   # both are the thread's own settings
         return fn(group)
