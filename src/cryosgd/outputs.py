@@ -3,6 +3,7 @@ table and figures; projection matching's map, poses and log."""
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -201,6 +202,7 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
         return write_gold_standard_outputs(outdir, gs, particles, poses=poses, reference=reference,
                                            reference_name=reference_name), rec
     rec = reconstruct(particles, settings, checkpoint=Path(outdir) / "checkpoint.pt", progress=progress)
+    extra = {}
     if rec.volume.ndim == 4:  # several classes: each particle's class, and its pose in that class
         from .reconstruct.classes import assign_class_poses
 
@@ -208,11 +210,14 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
     else:
         if assign:
             _write_map_first(outdir, rec, particles)
+        t0 = time.time()
         poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
+        if assign:
+            extra["pose_assignment_seconds"] = time.time() - t0
     if not parallel.is_main():
         return {}, rec
     return write_outputs(outdir, rec, particles, poses=poses, reference=reference,
-                         reference_name=reference_name), rec
+                         reference_name=reference_name, extra_summary=extra), rec
 
 
 def _write_map_first(outdir: Path, rec: Reconstruction, particles: ParticleSet) -> None:

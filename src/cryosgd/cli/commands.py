@@ -120,7 +120,10 @@ def _cmd_reconstruct(args) -> None:
               f"{summary['wall_seconds']:.0f} s; report: {out / 'report.md'}")
         return
     msg = (f"wrote {out / 'map.mrc'} ({summary['band_limit_resolution_A']:.1f} Å band limit, "
-           f"{summary['wall_seconds']:.0f} s)")
+           f"{summary['wall_seconds']:.0f} s")
+    if "pose_assignment_seconds" in summary:
+        msg += f"; poses {summary['pose_assignment_seconds']:.0f} s"
+    msg += ")"
     if "gold_standard_resolution_A" in summary:
         msg += f"; half maps agree to {summary['gold_standard_resolution_A']:.1f} Å at FSC 0.143"
         if summary.get("noise_substitution"):
