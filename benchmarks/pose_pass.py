@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryosgd.baselines.projmatch import rotation_angle
 from cryosgd.evaluate import compare_maps
 from cryosgd.inference.search import PrunedLikelihood
 from cryosgd.io import load_particles, read_map
@@ -34,8 +35,7 @@ def angles_to_truth(est: np.ndarray, true: np.ndarray, rotation: np.ndarray) -> 
     transpose, whichever fits better)."""
     best = None
     for q in (rotation, rotation.T):
-        cos = (np.einsum("nij,nij->n", est, np.einsum("ij,njk->nik", q, true)) - 1) / 2
-        err = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+        err = rotation_angle(est, np.einsum("ij,njk->nik", q, true))
         best = err if best is None or np.median(err) < np.median(best) else best
     return best
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryosgd.baselines.projmatch import rotation_angle
 from cryosgd.forward.ctf import CTFParams
 from cryosgd.forward.density import random_spheres
 from cryosgd.forward.simulate import draw_ctfs, simulate_particles
@@ -207,7 +208,6 @@ def test_the_pose_pass_search_is_as_accurate_as_trainings(test_data):
         assert kern.min_rotations == (POSE_SEARCH["min_rotations"] if poses_only else 32)
         rots = np.concatenate([kern(vol, kern.prepare(sim.images[a:a + 100], sim.ctf[a:a + 100]), gradient=False,
                                     poses=True).best_rotation for a in range(0, n, 100)])
-        cos = (np.einsum("nij,nij->n", rots, sim.rotations) - 1) / 2
-        within[poses_only] = float(np.mean(np.degrees(np.arccos(np.clip(cos, -1, 1))) < 10))
+        within[poses_only] = float(np.mean(rotation_angle(rots, sim.rotations) < 10))
     assert within[False] > 0.8
     assert within[True] >= within[False] - 0.01
