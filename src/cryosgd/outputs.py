@@ -185,7 +185,7 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
     (the summary is empty on the other processes of a distributed run).  ``map.mrc`` is written as
     soon as the map is made, before the poses (a full pass over the particles: 40 s of a 153 s run
     at 64 px and 15 Å), so that it can be opened while they are assigned."""
-    from .reconstruct import assign_poses, reconstruct
+    from .reconstruct import reconstruct
     from .runtime import parallel
 
     if getattr(settings, "gold_standard", False):
@@ -194,9 +194,7 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
         staged = None if progress is None else (lambda stage, done, total, info: progress(done, total, info))
         gs = gold_standard(particles, settings, checkpoint_dir=outdir, progress=staged)
         rec = gs.combined()
-        if assign:
-            _write_map_first(outdir, rec, particles)
-        poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
+        poses, _ = _map_then_poses(outdir, rec, particles, assign, pose_progress)
         if not parallel.is_main():
             return {}, rec
         return write_gold_standard_outputs(outdir, gs, particles, poses=poses, reference=reference,
@@ -208,25 +206,27 @@ def reconstruct_and_write(particles: ParticleSet, outdir: Path, settings, *, ref
 
         poses = assign_class_poses(particles, rec, progress=pose_progress) if assign else None
     else:
-        if assign:
-            _write_map_first(outdir, rec, particles)
-        t0 = time.time()
-        poses = assign_poses(particles, rec.volume, rec, progress=pose_progress) if assign else None
-        if assign:
-            extra["pose_assignment_seconds"] = time.time() - t0
+        poses, extra = _map_then_poses(outdir, rec, particles, assign, pose_progress)
     if not parallel.is_main():
         return {}, rec
     return write_outputs(outdir, rec, particles, poses=poses, reference=reference,
                          reference_name=reference_name, extra_summary=extra), rec
 
 
-def _write_map_first(outdir: Path, rec: Reconstruction, particles: ParticleSet) -> None:
-    """``map.mrc`` now, before the poses are assigned (:func:`write_outputs` writes it again, the same)."""
+def _map_then_poses(outdir: Path, rec: Reconstruction, particles: ParticleSet, assign: bool, progress):
+    """With ``assign``: ``map.mrc`` now (:func:`write_outputs` writes it again, the same), then each
+    particle's pose; ``(poses, {"pose_assignment_seconds": ...})``, or ``(None, {})`` without."""
+    from .reconstruct import assign_poses
     from .runtime import parallel
 
+    if not assign:
+        return None, {}
     if parallel.is_main():
         Path(outdir).mkdir(parents=True, exist_ok=True)
         write_map(Path(outdir) / "map.mrc", rec.volume.astype(np.float32), particles.pixel_size)
+    t0 = time.time()
+    poses = assign_poses(particles, rec.volume, rec, progress=progress)
+    return poses, {"pose_assignment_seconds": time.time() - t0}
 
 
 def write_gold_standard_outputs(outdir: Path, gs, particles: ParticleSet, *, poses=None,
