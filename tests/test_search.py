@@ -191,10 +191,11 @@ def test_pruned_reconstruction_matches_exhaustive_on_off_centre_particles(tmp_pa
 
 @pytest.mark.filterwarnings("ignore:.*no amplitude contrast")   # the shipped CTF table has none: 0.1
 def test_the_pose_pass_search_is_as_accurate_as_trainings(test_data):
-    """The pose pass keeps fewer candidates (``POSE_SEARCH``: 16 coarse rotations, coarse shifts 4 fine
-    steps apart): at the end-to-end geometry (64 px, 3.5 Å/px, 15 Å, shifts within 6.4 px; 5FUU from its
-    atomic model, SNR 0.05, real CTFs, shifts of sigma 3 px) its poses under the true map are as close
-    to the true ones as those of training's search (at most one image in 100 fewer within 10 degrees)."""
+    """The pose pass keeps fewer candidates (``POSE_SEARCH``: 8 coarse rotations and 2 coarse shifts, each
+    fine pose the child of its nearest coarse one, coarse shifts 4 fine steps apart): at the end-to-end
+    geometry (64 px, 3.5 Å/px, 15 Å, shifts within 6.4 px; 5FUU from its atomic model, SNR 0.05, real
+    CTFs, shifts of sigma 3 px) its poses under the true map are as close to the true ones as those of
+    training's search (at most one image in 100 fewer within 10 degrees)."""
     box, apix, band, n = 64, 3.5, band_limit_px(15.0, 64, 3.5), 200
     truth = load_source_volume(test_data / "5fuu.pdb.gz", box, apix)
     rng = np.random.default_rng(5)

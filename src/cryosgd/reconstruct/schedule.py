@@ -94,13 +94,14 @@ SEARCHES = ("auto", "pruned", "exhaustive")
 # faster way (measured: at 64 px, pruned search fell back to the exhaustive kernel at 36 Å with shifts
 # within 6.4 px, about 1.1 million poses per image, and won from 21 Å, about 17 million)
 EXHAUSTIVE_POSES = 2_000_000
-# the pose pass (poses.py) needs each image's most probable pose, not its marginal's mass: it keeps 16 coarse
-# rotations (training: 32) and spaces the coarse shifts 4 fine steps apart (training: 3) where the shift radius
-# holds two such steps.  On the end-to-end set (64 px, 15 Å, shifts within 6.4 px; 1,000 particles, the final
-# map) 0.75 s per 100 images instead of 1.15, and the poses as close to the truth: median 3.7 degrees, 96.0%
-# within 10 (95.2% with the training's search); 5 steps apart (under two across the radius), 86.5%
-# (BENCHMARKS.md; tests/test_search.py)
-POSE_SEARCH = {"min_rotations": 16, "coarse_shift_step": 4.0}
+# the pose pass (poses.py) needs each image's most probable pose, not its marginal's mass: it keeps 8 coarse
+# rotations and 2 coarse shifts (training: 32 and 4), makes each fine pose the child of its nearest coarse one
+# only (training: of its 2 nearest), and spaces the coarse shifts 4 fine steps apart (training: 3) where the
+# shift radius holds two such steps.  On the end-to-end set (64 px, 15 Å, shifts within 6.4 px; 2,000
+# particles, the final map) 0.53 s per 100 images instead of 1.06, and the poses as close to the truth:
+# median 3.7 degrees, 96.0% within 10 (95.6% with the training's search); with the shifts 6 steps apart
+# (under two across the radius) the test's images fall to 80% (BENCHMARKS.md; tests/test_search.py)
+POSE_SEARCH = {"min_rotations": 8, "min_shifts": 2, "neighbours": 1, "coarse_shift_step": 4.0}
 
 
 def build_kernel(band_limit: float, box: int, pixel_size: float, settings: Settings, *, poses_only: bool = False):
