@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import cryosgd.reconstruct as rc
 from cryosgd.cli import _settings_from, build_parser
@@ -69,10 +70,61 @@ def test_learning_rate_is_tuned_without_the_test_images(small_set, monkeypatch):
     read.clear()
     kern = rc.build_kernel(3.0, small_set.box, small_set.pixel_size, settings)
     rate = rc.tune_rate("sgd", dataset, kern, DensityPrior(1e-4, 1e-4), volume, lambda v: v, len(dataset.train),
-                        seed=settings.seed, tune_steps=settings.tune_steps, validation_size=settings.test_size)
+                        seed=settings.seed, steps=settings.tune_steps, validation_size=settings.test_size)
     assert rate > 0
     assert read and not set(read) & set(dataset.test.tolist())
     assert set(validation.tolist()) <= set(read)
+
+
+class _CountingObjective:
+    """The plain objective, counting its minibatch evaluations at one volume."""
+
+    def __init__(self, inner, start):
+        self.inner, self.start, self.at_start = inner, start, 0
+
+    def __call__(self, p, batch, total):
+        self.at_start += p is self.start
+        return self.inner(p, batch, total=total)
+
+    def test_nll(self, p, batch, total):
+        return self.inner.test_nll(p, batch, total=total)
+
+
+def test_the_search_evaluates_its_start_once(small_set, monkeypatch):
+    """The probe and every candidate's first step evaluate the first minibatch at the start volume: once,
+    with the same rate as when each evaluates it again; a start changed in place is evaluated anew."""
+    from cryosgd.inference.objective import Objective
+    from cryosgd.reconstruct import tuning
+
+    settings = Settings(test_size=20, seed=1)
+    dataset = rc.load_dataset(small_set, test_size=settings.test_size, seed=settings.seed)
+    volume = rc.initial_density(small_set.box, dataset, seed=settings.seed)
+    kern = rc.build_kernel(3.0, small_set.box, small_set.pixel_size, settings)
+    prior, n = DensityPrior(1e-4, 1e-4), len(dataset.train)
+
+    def search():
+        counting = _CountingObjective(Objective(kern, prior, n), volume)
+        rate = rc.tune_rate("sgd", dataset, kern, prior, volume, lambda v: v, n, seed=1, steps=3,
+                            validation_size=20, objective=counting)
+        return rate, counting.at_start
+
+    shared, once = search()
+    real = tuning._minibatch_objectives
+    monkeypatch.setattr(tuning, "_minibatch_objectives", lambda *a, start=None, **kw: real(*a, **kw))
+    again, each = search()
+    assert once == 1 and each >= 4            # the probe and at least three candidates
+    assert shared == again
+
+    counting = _CountingObjective(Objective(kern, prior, n), volume)
+    subset, _ = rc.tuning_split(dataset, tune_images=300, validation_size=20)
+    start = volume.clone()
+    grad_fn = next(real(dataset, kern, counting, subset, seed=1, batch_size=50, steps=1, start=start))
+    first = grad_fn(start)
+    first[1].zero_()                          # a caller's change to its copy stays its own
+    assert torch.equal(grad_fn(start)[1], real(dataset, kern, Objective(kern, prior, n), subset, seed=1,
+                                               batch_size=50, steps=1).__next__()(start)[1])
+    start.mul_(2.0)
+    assert grad_fn(start)[0] != first[0]
 
 
 def test_checkpoint_resumes_with_another_device_precision_budget_or_interval(small_set, tmp_path):

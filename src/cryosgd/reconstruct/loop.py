@@ -190,7 +190,7 @@ def reconstruct(particles: ParticleSet, settings: Settings, *, checkpoint: str |
         if lr is None and settings.tune_rate:
             lr = tune_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, project_constraints,
                            n_train, seed=settings.seed, tune_images=settings.tune_images,
-                           tune_steps=settings.tune_steps, validation_size=settings.test_size,
+                           steps=settings.tune_steps, validation_size=settings.test_size,
                            objective=None if mix is None else objective_for(kernel_for(schedule[0][1]), 0))
         elif lr is None:
             lr = probe_rate(settings.optimizer, dataset, kernel_for(schedule[0][1]), prior, volume, n_train,

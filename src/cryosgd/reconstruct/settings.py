@@ -36,7 +36,7 @@ class Settings:
     evaluations: int = 12                   # test-NLL points over the run (at the band limit of the moment)
     checkpoint_every: float = 60.0          # seconds
     tune_images: int = 300
-    tune_steps: int = 12
+    tune_steps: int | None = None          # steps of each candidate; None: the optimiser's (tuning.TUNE_STEPS)
     tune_rate: bool = True                  # search the rate with short runs; False: one probe step (tuning.py)
     memory_budget: int | None = None       # bytes for the score matrix; None: from the memory available
     noise_std: float | None = None          # None: estimated from the background

@@ -20,13 +20,20 @@ from ..optim import make_optimizer, tune_learning_rate
 from ..runtime import parallel
 from .dataset import Dataset
 
-__all__ = ["tune_rate", "probe_rate", "probe_scale", "tuning_split", "TUNE_SAFETY", "TUNE_SAFETY_EXTRA",
-           "PROBE_FACTOR"]
+__all__ = ["tune_rate", "probe_rate", "probe_scale", "tuning_split", "tune_steps", "TUNE_SAFETY",
+           "TUNE_SAFETY_EXTRA", "TUNE_STEPS", "PROBE_FACTOR"]
 
 TUNE_SAFETY = 0.5  # the tuned rate is halved: later, at higher band limits, the objective is rougher
 # TONGA's short tuning runs end before its covariance estimate settles; over a 5-epoch run its best
 # rate measured about half the (already halved) tuned one (test NLL 196.96 at 0.5 against 202.2 at 1.02)
 TUNE_SAFETY_EXTRA = {"tonga": 0.5}
+# steps of each candidate run (12 where not listed).  SGD's: on three sets (the end-to-end set, 64 px at
+# 3.5 Å/px with shifts of sigma 3 px; 8ZPM, 48 px; the centred 5FUU demo set) every one of the seven
+# candidates and the refining midpoint gave the same best after 4, 6, 8 and 12 steps, ahead of the
+# runner-up by 0.9 nats or more at 6 steps (0.1 or more at 12; docs/reconstruction.md).  The others keep
+# 12: TONGA's covariance estimate and the momentum methods' velocity build up over the steps, and they
+# were not measured shorter
+TUNE_STEPS = {"sgd": 6}
 # the searched rate over the probe scale (before the safety factor), where the search's candidates were
 # extended upwards until the score rose again; measured on simulated 5FUU (64 px, 3 Å/px, centred) and
 # 8ZPM (48 px, 2.5 Å/px, shifts of 2 px) sets at their first marching stage (docs/reconstruction.md)
@@ -45,11 +52,18 @@ def tuning_split(dataset: Dataset, *, tune_images: int, validation_size: int) ->
     return train[:min(len(train) - n_val, tune_images)], train[len(train) - n_val:]
 
 
+def tune_steps(optimizer: str, steps: int | None = None) -> int:
+    """The steps of each candidate run: ``steps``, or :data:`TUNE_STEPS` of ``optimizer`` (12 if absent)."""
+    return TUNE_STEPS.get(optimizer, 12) if steps is None else int(steps)
+
+
 def _minibatch_objectives(dataset: Dataset, kern, objective, subset: np.ndarray, *, seed: int, batch_size: int,
-                          steps: int, cache: dict | None = None):
+                          steps: int, cache: dict | None = None, start: torch.Tensor | None = None):
     """``steps`` minibatch objectives ``grad_fn(volume) -> (value, gradient)`` on minibatches of
     ``subset`` drawn in a fixed order from ``seed`` (the search's and the probe's first is the same);
-    prepared minibatches are kept in ``cache``."""
+    prepared minibatches are kept in ``cache``.  Every candidate's first step, and the probe, evaluate
+    the first minibatch at the same ``start``: that result is kept in ``cache`` too and handed out again
+    (a copy of its gradient) while ``start`` is unchanged."""
     cache = {} if cache is None else cache
     rng = np.random.default_rng([seed, 11])
     for _ in range(steps):
@@ -59,26 +73,34 @@ def _minibatch_objectives(dataset: Dataset, kern, objective, subset: np.ndarray,
             local = parallel.shard(idx)
             cache[key] = kern.prepare(dataset.images(local), dataset.particles.ctf[local])
 
-        def grad_fn(p, _mb=cache[key], _n=len(idx)):
-            o = objective(p, _mb, total=_n)
-            return o.value, o.gradient
+        def grad_fn(p, _mb=cache[key], _n=len(idx), _key=key):
+            if p is not start:
+                o = objective(p, _mb, total=_n)
+                return o.value, o.gradient
+            kept = cache.get(("start", _key))
+            if kept is None or kept[0] != p._version:   # _version counts in-place changes
+                o = objective(p, _mb, total=_n)
+                kept = cache[("start", _key)] = (p._version, o.value, o.gradient)
+            return kept[1], kept[2].clone()
 
         yield grad_fn
 
 
 def tune_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tensor, projection, n_train: int, *,
-              seed: int, tune_images: int = 300, tune_steps: int = 12, validation_size: int = 100,
+              seed: int, tune_images: int = 300, steps: int | None = None, validation_size: int = 100,
               objective=None) -> float:
     """The base learning rate of ``optimizer`` from a short search on ``tune_images`` training images,
-    scored on ``validation_size`` others, from ``volume`` at ``kern``'s band limit; ``objective``
-    (default: the plain one) is another with the same interface (the mixture's for several classes)."""
+    scored on ``validation_size`` others, from ``volume`` at ``kern``'s band limit, each candidate run
+    for ``steps`` (default :data:`TUNE_STEPS`); ``objective`` (default: the plain one) is another with
+    the same interface (the mixture's for several classes)."""
     subset, validation = tuning_split(dataset, tune_images=tune_images, validation_size=validation_size)
     objective = Objective(kern, prior, n_train) if objective is None else objective
+    n_steps = tune_steps(optimizer, steps)
     cache = {}
 
     def factory(batch_size, seed):
         return _minibatch_objectives(dataset, kern, objective, subset, seed=seed, batch_size=batch_size,
-                                     steps=tune_steps, cache=cache)
+                                     steps=n_steps, cache=cache, start=volume)
 
     scale = probe_scale(optimizer, volume, next(iter(factory(100, seed))))
     candidates = [scale * 10.0 ** (k / 2) for k in range(-4, 3)]
@@ -93,7 +115,7 @@ def tune_rate(optimizer: str, dataset: Dataset, kern, prior, volume: torch.Tenso
 
     try:
         best = tune_learning_rate(optimizer, factory, volume, candidates=candidates, heldout=heldout,
-                                  n_steps=tune_steps, seed=seed, projection=projection)
+                                  n_steps=n_steps, seed=seed, projection=projection)
     except parallel.DistributedFailure:
         raise
     except RuntimeError:  # every candidate diverged
