@@ -14,6 +14,7 @@ from cryosgd.forward.ctf import CTFParams
 from cryosgd.forward.density import random_spheres
 from cryosgd.forward.simulate import draw_ctfs, simulate_particles
 from cryosgd.fourier import band_limit_px
+from cryosgd.inference import search as search_module
 from cryosgd.inference.quadrature import choose_quadrature
 from cryosgd.inference.rotation_set import VARIANT_MATRICES, rotation_parents, rotation_set_for_band, variant_tables
 from cryosgd.inference.search import PrunedLikelihood
@@ -82,6 +83,24 @@ def test_keep_all_equals_exhaustive_in_float64(problem):
         assert rel(res.gradient, ref.gradient) < 1e-10
         assert np.allclose(res.best_rotation, ref.best_rotation) and np.allclose(res.best_shift, ref.best_shift)
         assert np.allclose(res.best_probability, ref.best_probability, atol=1e-10)
+
+
+@pytest.mark.parametrize("block_bytes", [search_module.BLOCK_BYTES, 1 << 16])
+def test_coarse_marginals_are_log_sums_of_the_coarse_scores(problem, block_bytes, monkeypatch):
+    """The coarse level's rotation and shift marginals, made in cache-sized blocks (one, or several of
+    images and of rotations) with each rotation's own stabiliser, are the log-sum-exp of the coarse
+    kernel's scores over shifts and over rotations."""
+    monkeypatch.setattr(search_module, "BLOCK_BYTES", block_bytes)
+    images, ctf, vols, _ = problem
+    kern = pruned()
+    batch = kern.prepare(images, ctf).coarse
+    for name in ("truth", "random"):
+        rot, shift = kern.coarse_marginals(vols[name], batch)
+        scores, _, _ = kern.coarse._score_function(batch, kern.coarse.slices_pairs(vols[name]))
+        mc = len(kern.coarse.rotations.base)
+        sc = scores(0, mc).view(mc, N, 8, len(kern.coarse.shifts))                     # (C, B, 8, S)
+        assert torch.allclose(rot, torch.logsumexp(sc, 3).permute(1, 2, 0), rtol=0, atol=1e-9)
+        assert torch.allclose(shift, torch.logsumexp(sc, (0, 2)), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("name, max_nats, max_grad", [("truth", 0.01, 2e-3), ("random", 0.05, 1e-2)])

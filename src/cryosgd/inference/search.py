@@ -215,7 +215,10 @@ class PrunedLikelihood:
                 rot[g, :, start:stop] = (e.sum(3).log_() + m).permute(1, 2, 0)
                 top = m.amax((0, 2))                                                    # (G,)
                 wm = exp_floored_(m - top[None, :, None])                                 # (C, G, 8)
-                shift[g] = torch.logaddexp(shift[g], torch.einsum("cbv,cbvs->bs", wm, e).log_() + top[:, None])
+                # sum over rotations of their weight times e: scaled in place, then summed over the leading
+                # axis (an einsum copied the block to put images first: 95 of 108 ms, 100 images at 15 Å)
+                mass = e.mul_(wm[..., None]).sum(0).sum(1)                                  # (G, S)
+                shift[g] = torch.logaddexp(shift[g], mass.log_() + top[:, None])
         return rot, shift
 
     def select(self, rot: torch.Tensor, shift: torch.Tensor):
