@@ -280,3 +280,21 @@ def test_finest_band_limit_is_where_the_largest_rule_runs_out():
     assert lebedev_order_for_step(angular_step(0.999 * r)) == available_lebedev_orders()[-1]
     with pytest.raises(ValueError, match="largest Lebedev rule"):
         lebedev_order_for_step(angular_step(1.001 * r))
+
+
+def test_kept_rules_are_handed_out_as_copies():
+    """The rules a run builds again (kernel, held-out images, pose pass) are computed once and kept; a
+    caller's change to its arrays does not reach the next caller."""
+    from cryosgd.inference.quadrature import so3_quadrature
+    from cryosgd.inference.rotation_set import rotation_set_for_band
+
+    rotations, weights = so3_quadrature(11, 12)
+    reference = rotations.copy()
+    rotations[:] = 0.0
+    weights[:] = 0.0
+    again, weights_again = so3_quadrature(11, 12)
+    assert np.array_equal(again, reference) and np.isclose(weights_again.sum(), 1.0)
+    rs = rotation_set_for_band(6.0, 40)
+    base = rs.base.copy()
+    rs.base[:] = 0.0
+    assert np.array_equal(rotation_set_for_band(6.0, 40).base, base)
