@@ -14,7 +14,7 @@ from .schedule import build_kernel
 __all__ = ["assign_poses"]
 
 
-def assign_poses(particles: ParticleSet, volume: np.ndarray, rec: Reconstruction, *, batch: int = 100,
+def assign_poses(particles: ParticleSet, volume: np.ndarray, rec: Reconstruction, *, batch: int = 400,
                  progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each particle's most probable pose under the final map and band limit.
 
@@ -22,6 +22,8 @@ def assign_poses(particles: ParticleSet, volume: np.ndarray, rec: Reconstruction
     posterior probability of that pose ``(n,)`` (among the poses scored).  Where the search is pruned it
     keeps fewer candidates than training's (:data:`.schedule.POSE_SEARCH`): a pose needs no marginal.
     (Class assignment, :func:`.classes.assign_class_poses`, compares marginals and keeps training's.)
+    Images go in ``batch``es of 400: the pruned search's products are larger and its thread groups' candidates
+    shared more than at 100 (0.46-0.48 s per 100 images instead of 0.51-0.53; 64 px, 15 Å).
     """
     kern = build_kernel(rec.band_limit, particles.box, particles.pixel_size, rec.settings, poses_only=True)
     vol = torch.as_tensor(volume, dtype=torch.float32, device=kern.device)
