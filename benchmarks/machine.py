@@ -5,6 +5,23 @@ import platform
 from pathlib import Path
 
 
+def matmul_peak(n: int = 3072, repeats: int = 5) -> float:
+    """The float32 matrix product's rate on this machine, GFLOP/s: the best of ``repeats`` ``n x n``
+    products on PyTorch's intra-op threads (the reference a benchmark's figures are put against)."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
 def cpu_model() -> str:
     """The processor's model name (``lscpu``'s "Model name"), or the platform's best guess."""
     try:

@@ -38,6 +38,7 @@ from cryosgd.inference.search import PrunedLikelihood
 from cryosgd.reconstruct import Settings, build_kernel
 from cryosgd.runtime.memory import peak_rss_bytes, reuse_freed_memory
 from cryosgd.simulation import load_source_volume
+from machine import matmul_peak
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "cryosgd" / "data" / "demo_5fuu_64px_3A.mrc"
 SETTINGS = {  # box, Å/pixel, band limit (Fourier pixels), max shift (pixels), exhaustive reference
@@ -48,15 +49,14 @@ SETTINGS = {  # box, Å/pixel, band limit (Fourier pixels), max shift (pixels), 
 BATCH = 100
 
 
-def matmul_peak(n=3072, repeats=5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
+def simulated_minibatch(box: int, apix: float) -> tuple[np.ndarray, np.ndarray, CTFParams]:
+    """The settings' images: the bundled 5FUU density at ``box`` and ``apix``, and :data:`BATCH` of its
+    projections (real-looking CTFs, SNR 0.05, shifts of sigma 3 px): ``(truth, images, ctf)``."""
+    truth = load_source_volume(DEMO, box, apix)
+    rng = np.random.default_rng(0)
+    ctf = CTFParams.make(rng.uniform(1e4, 2.5e4, BATCH), None, 0.0, 300.0, 2.7, 0.1)
+    images = simulate_particles(truth, BATCH, pixel_size=apix, snr=0.05, ctf=ctf, shift_sigma=3.0, rng=rng).images
+    return truth, images, ctf
 
 
 def best_time(fn, repeats):
@@ -70,10 +70,7 @@ def best_time(fn, repeats):
 
 def one(name: str, repeats: int, check: int) -> list[dict]:
     box, apix, r, max_shift, reference = SETTINGS[name]
-    truth = load_source_volume(DEMO, box, apix)
-    rng = np.random.default_rng(0)
-    ctf = CTFParams.make(rng.uniform(1e4, 2.5e4, BATCH), None, 0.0, 300.0, 2.7, 0.1)
-    images = simulate_particles(truth, BATCH, pixel_size=apix, snr=0.05, ctf=ctf, shift_sigma=3.0, rng=rng).images
+    truth, images, ctf = simulated_minibatch(box, apix)
     start = random_spheres(box, np.random.default_rng(1), radius=0.2 * box)
     start *= truth.std() / start.std()
     t0 = time.perf_counter()

@@ -2,47 +2,31 @@
 
     python benchmarks/threads.py [--settings real,e2e] [--calls 15] [--json]
 
-Images as in ``benchmarks/search.py`` (the bundled 5FUU map, SNR 0.05, shifts of sigma 3 px,
-minibatches of 100); the true density.  In one process, blocks of ``--calls`` calls with one group
-(``workers=1``: PyTorch's intra-op threads only) and with one group per intra-op thread (the
-default), in the order 1, 2, 2, 1 so that a drift of the machine's speed weighs on both alike.  Per
-setting and with and without the gradient: the median seconds of a call each way, their ratio, and
-the float32 matmul peak of the same run.
+Images and settings of ``benchmarks/search.py`` (``simulated_minibatch``: the bundled 5FUU map, SNR
+0.05, shifts of sigma 3 px, minibatches of 100); the true density.  In one process, blocks of
+``--calls`` calls with one group (``workers=1``: PyTorch's intra-op threads only) and with one group
+per intra-op thread (the default), in the order 1, 2, 2, 1 so that a drift of the machine's speed
+weighs on both alike.  Per setting and with and without the gradient: the median seconds of a call
+each way, their ratio, and the float32 matmul peak of the same run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from cryosgd.forward.ctf import CTFParams
-from cryosgd.forward.simulate import simulate_particles
 from cryosgd.inference.search import PrunedLikelihood
 from cryosgd.runtime.memory import reuse_freed_memory
-from cryosgd.simulation import load_source_volume
-
-DEMO = Path(__file__).resolve().parents[1] / "src" / "cryosgd" / "data" / "demo_5fuu_64px_3A.mrc"
-SETTINGS = {"real": (128, 1.5, 0.16 * 64, 8.0), "e2e": (64, 3.5, 64 * 3.5 / 15.0, 6.4)}
-
-
-def matmul_peak(n: int = 3072) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    a @ b
-    return 2 * n**3 / (time.perf_counter() - t) / 1e9
+from machine import matmul_peak
+from search import SETTINGS, simulated_minibatch
 
 
 def one(name: str, calls: int) -> list[dict]:
-    box, apix, r, max_shift = SETTINGS[name]
-    truth = load_source_volume(DEMO, box, apix)
-    rng = np.random.default_rng(0)
-    ctf = CTFParams.make(rng.uniform(1e4, 2.5e4, 100), None, 0.0, 300.0, 2.7, 0.1)
-    images = simulate_particles(truth, 100, pixel_size=apix, snr=0.05, ctf=ctf, shift_sigma=3.0, rng=rng).images
+    box, apix, r, max_shift, _ = SETTINGS[name]
+    truth, images, ctf = simulated_minibatch(box, apix)
     kern = PrunedLikelihood(box, apix, r, max_shift=max_shift)
     batch = kern.prepare(images, ctf)
     vol = torch.as_tensor(truth, dtype=torch.float32)
