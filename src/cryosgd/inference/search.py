@@ -372,8 +372,7 @@ class PrunedLikelihood:
         exhaustive = b * self.rotations.size * len(self.shifts)
         cap = self.max_rotations or 8 * mc
         return {"coarse_poses": coarse, "fine_poses": fine, "exhaustive_poses": exhaustive,
-                "evaluated_fraction": (coarse + fine) / exhaustive,
-                "flop_fraction": (coarse * self.coarse.n_points + fine * self.n_points) / (exhaustive * self.n_points),
+                **_fractions(coarse, fine, exhaustive, self.coarse.n_points, self.n_points),
                 "kept_rotations": float(r_keep.float().mean()), "kept_shifts": float(s_keep.float().mean()),
                 "fine_rotations": float(n_rot.float().mean()), "fine_shifts": float(n_shift.float().mean()),
                 "union_rotations": n_union, "rotation_cap_hits": int((r_keep >= cap).sum()), "dense": dense}
@@ -390,8 +389,12 @@ def _merge_stats(parts: list, coarse_points: int, fine_points: int) -> dict:
                                                     "union_rotations", "rotation_cap_hits")}
     for k in ("kept_rotations", "kept_shifts", "fine_rotations", "fine_shifts"):
         out[k] = float(np.dot(sizes, [st[k] for st in stats]) / sizes.sum())
-    c, f, e = out["coarse_poses"], out["fine_poses"], out["exhaustive_poses"]
-    out["evaluated_fraction"] = (c + f) / e
-    out["flop_fraction"] = (c * coarse_points + f * fine_points) / (e * fine_points)
+    out.update(_fractions(out["coarse_poses"], out["fine_poses"], out["exhaustive_poses"], coarse_points, fine_points))
     out["dense"] = any(st["dense"] for st in stats)
     return out
+
+
+def _fractions(coarse: int, fine: int, exhaustive: int, coarse_points: int, fine_points: int) -> dict:
+    """Poses scored over the exhaustive ones, plain and weighted by the coefficients each score reads."""
+    return {"evaluated_fraction": (coarse + fine) / exhaustive,
+            "flop_fraction": (coarse * coarse_points + fine * fine_points) / (exhaustive * fine_points)}
