@@ -68,21 +68,21 @@ def test_trilinear_corners_match_the_taps_and_have_an_adjoint():
     from cryosgd.forward.interp import (
         interpolation_taps,
         trilinear_corners,
-        trilinear_gather_pairs,
-        trilinear_scatter_pairs,
+        trilinear_gather_planes,
+        trilinear_scatter_planes,
     )
 
     size, gen = 21, torch.Generator().manual_seed(3)
-    coords = (torch.rand((5, 40, 3), generator=gen, dtype=torch.float64) - 0.5) * 2 * (size // 2 - 2)
-    cube = torch.randn((size ** 3, 2), generator=gen, dtype=torch.float64)
-    idx, w = interpolation_taps(coords, size, "trilinear")
-    expected = (cube[idx] * w[..., None]).sum(-2)
+    coords = (torch.rand((3, 5, 40), generator=gen, dtype=torch.float64) - 0.5) * 2 * (size // 2 - 2)
+    planes = torch.randn((2, size ** 3), generator=gen, dtype=torch.float64)      # real, imaginary parts
+    idx, w = interpolation_taps(coords.permute(1, 2, 0), size, "trilinear")
+    expected = (planes[:, idx] * w).sum(-1)                                     # (2, 5, 40)
     base, frac = trilinear_corners(coords, size)
-    got = trilinear_gather_pairs(cube, base, frac, size)
+    got = trilinear_gather_planes(planes, base, frac, size)
     assert torch.allclose(got, expected, atol=1e-12)
     y = torch.randn(got.shape, generator=gen, dtype=torch.float64)
-    back = trilinear_scatter_pairs(y, base, frac, size, torch.zeros_like(cube))
-    assert abs(float((got * y).sum()) - float((cube * back).sum())) < 1e-9 * float(got.abs().sum())
+    back = trilinear_scatter_planes(y, base, frac, size, torch.zeros_like(planes))
+    assert abs(float((got * y).sum()) - float((planes * back).sum())) < 1e-9 * float(got.abs().sum())
 
 
 @pytest.mark.parametrize("kernel", ["trilinear", "lanczos"])
@@ -98,7 +98,7 @@ def test_candidate_slicing_matches_the_sparse_operator_and_has_an_adjoint(kernel
     chosen = torch.tensor([7, 2, 11])
     cand = CandidateSlicing(rots.numpy(), freqs, band.size, 2, kernel, dtype=torch.float64)
     y = cand.forward(cube, chosen)
-    assert torch.allclose(y, dense.forward_pairs(cube)[chosen], atol=1e-10)
+    assert torch.allclose(y, dense.forward_pairs(cube)[chosen].permute(2, 0, 1), atol=1e-10)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     back = cand.adjoint(g, chosen)
     assert abs(float((y * g).sum()) - float((cube.reshape(-1, 2) * back).sum())) < 1e-9 * float(y.abs().sum())

@@ -279,16 +279,15 @@ class PrunedLikelihood:
         ub, uv = full // 8, full % 8
         union, binv = torch.unique(ub, return_inverse=True)
         cube = f.band.forward_pairs(volume)
-        y = self.candidates.forward(cube, union, keep=gradient)                         # (U, P, 2)
-        # the slice of B T_v at data point p is the slice of B at index[v, p] (conjugated where conj)
-        gidx = binv[:, None] * p + f.sym_index[uv]                                       # (U8, P)
+        y = self.candidates.forward(cube, union, keep=gradient)                         # (2, U, P): re, im
+        # the slice of B T_v at data point p is the slice of B at index[v, p] (conjugated where conj);
+        # a row holds the real parts, then the imaginary parts
+        gidx = (binv[:, None] * p + f.sym_index[uv]).view(-1)                           # (U8 P,)
         sign = torch.where(f.sym_conj[uv], -1.0, 1.0).to(self.dtype)                  # (U8, P)
-        yf = torch.view_as_real(torch.view_as_complex(y).reshape(-1).index_select(0, gidx.reshape(-1)))
-        yf = yf.view(len(full), p, 2)
-        yf[..., 1] *= sign
-        c2 = ((f.weights * batch.ctf ** 2) * inv2).repeat_interleave(2, 1)               # (B, 2P): on re and im
+        yf2 = torch.stack([y[0].view(-1).index_select(0, gidx).view(-1, p),
+                           y[1].view(-1).index_select(0, gidx).view(-1, p).mul_(sign)], 1).view(-1, 2 * p)
+        c2 = ((f.weights * batch.ctf ** 2) * inv2).repeat(1, 2)                          # (B, 2P): on re and im
         log_w = self.log_rot_weights[ub, uv]                                             # (U8,)
-        yf2 = yf.view(len(full), 2 * p)
         bias = f.shift_bias(batch).gather(1, sidx.clamp(min=0))                           # (B, s)
         lse = torch.empty(b, dtype=self.dtype, device=dev)
         best = torch.zeros((b, 3), dtype=torch.long)
@@ -302,7 +301,7 @@ class PrunedLikelihood:
             sg = sidx[idx, :ns]                                                          # (G, ns)
             ok = rot_ok[idx, :nr][:, :, None] & sh_ok[idx, :ns][:, None, :]              # (G, nr, ns)
             h = (f.weights * batch.ctf[idx])[:, None] * batch.data[idx].conj()[:, None] * f.phases[sg.clamp(min=0)]
-            hp = torch.stack([h.real, -h.imag], -1).mul_(inv2).view(len(idx), ns, 2 * p)  # (G, ns, 2P)
+            hp = torch.cat([h.real, -h.imag], -1).mul_(inv2)                             # (G, ns, 2P)
             rows = yf2.index_select(0, gi.reshape(-1)).view(len(idx), nr, 2 * p)          # (G, nr, 2P)
             c2g = c2[idx][:, None, :]                                                    # (G, 1, 2P)
             sc = torch.bmm(rows, hp.transpose(1, 2))                                     # (G, nr, ns)
@@ -329,10 +328,11 @@ class PrunedLikelihood:
                 g8.index_add_(0, gi.reshape(-1), grow.view(-1, 2 * p))
         grad = None
         if gradient:
-            gf = g8.view(-1, p, 2)
-            gf[..., 1] *= sign
-            gy = torch.zeros_like(y).view(-1, 2).index_add_(0, gidx.reshape(-1), gf.reshape(-1, 2))
-            grad = f.band.adjoint_pairs(self.candidates.adjoint(gy.view(y.shape), union).view(cube.shape))
+            gf = g8.view(-1, 2, p)
+            gy = torch.zeros_like(y)
+            gy[0].view(-1).scatter_add_(0, gidx, gf[:, 0].reshape(-1))
+            gy[1].view(-1).scatter_add_(0, gidx, (gf[:, 1] * sign).view(-1))
+            grad = f.band.adjoint_pairs(self.candidates.adjoint(gy, union).view(cube.shape))
         stats = self._stats(counts, len(union))
         if not poses:
             return LikelihoodResult(lse, grad, None, None, None), stats
