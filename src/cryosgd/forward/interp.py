@@ -88,7 +88,8 @@ def trilinear_corners(coords: torch.Tensor, size: int, dtype=None) -> tuple[torc
 
     coords: ``(3, ...)`` grid coordinates (x, y, z; axis first) relative to the centre of a
             ``size``-cube; every tap must lie inside (the band cube's margin guarantees it for its band).
-    Returns ``base (...)`` (int32 below 2**31 voxels, else int64) and ``frac (3, ...)`` (x, y, z) in ``dtype`` (default: coords').
+    Returns ``base (...)`` (int32 below 2**31 voxels, else int64) and ``frac (3, ...)`` (x, y, z) in
+    ``dtype`` (default: coords').
     The 8 taps of :func:`interpolation_taps` (``"trilinear"``) are ``base + (dz K + dy) K + dx`` with
     weights ``prod_axis (1 - f) or f``: the same interpolation, at an eighth of the index memory.
     """
