@@ -103,6 +103,17 @@ def test_coarse_marginals_are_log_sums_of_the_coarse_scores(problem, block_bytes
         assert torch.allclose(shift, torch.logsumexp(sc, (0, 2)), rtol=0, atol=1e-9)
 
 
+def test_the_coarse_cube_is_the_centre_of_the_full_band_cube(problem):
+    """A call makes the full band's cube once and cuts the coarse level's from its centre: the same
+    numbers as the coarse level's own band transform."""
+    _, _, vols, _ = problem
+    kern = pruned()
+    own = kern.coarse.band.forward_pairs(vols["random"])
+    cut = kern.coarse_cube(kern.frame.band.forward_pairs(vols["random"]))
+    assert cut.shape == own.shape and kern.frame.band.size > own.shape[0]
+    assert torch.allclose(cut, own, rtol=0, atol=1e-12 * float(own.abs().max()))
+
+
 @pytest.mark.parametrize("name, max_nats, max_grad", [("truth", 0.01, 2e-3), ("random", 0.05, 1e-2)])
 def test_pruned_agrees_with_exhaustive(problem, name, max_nats, max_grad):
     """Default pruning (epsilon 1e-3, 2 neighbours, at least 32 coarse rotations): log-likelihoods never above exhaustive (a

@@ -190,15 +190,17 @@ class PrunedLikelihood:
         return PrunedBatch(self.coarse.prepare(images, ctf), self.frame.prepare(images, ctf))
 
     # ----------------------------------------------------------- coarse level
-    def coarse_marginals(self, volume: torch.Tensor, batch: LikelihoodBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def coarse_marginals(self, volume: torch.Tensor, batch: LikelihoodBatch,
+                         slices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log posterior masses (unnormalised, nats) of the coarse level: rotations ``(B, 8, Mc)``
-        (full rotation ``B_c T_v`` at ``[:, v, c]``) and shifts ``(B, Sc)``.
+        (full rotation ``B_c T_v`` at ``[:, v, c]``) and shifts ``(B, Sc)``; ``slices``: the coarse
+        slices of ``volume``, when made already.
 
         The scores are made and reduced in blocks of images x rotations of about :data:`BLOCK_BYTES`,
         so that the five passes over each block (product, maximum, exponential, two sums) run in the
         cache: in blocks of a gigabyte, memory-bound, they took twice as long (64 px, 15 Å)."""
         k = self.coarse
-        y = k.slices_pairs(volume)
+        y = k.slices_pairs(volume) if slices is None else slices
         b, mc, s = len(batch), y.shape[0], len(k.shifts)
         width = torch.finfo(self.dtype).bits // 8
         group = max(1, min(b, BLOCK_BYTES // (256 * 8 * s * width)))                  # images per block
@@ -242,39 +244,53 @@ class PrunedLikelihood:
         ``workers``); each image's terms are the same, only the sums' order of the gradient changes."""
         volume = volume.to(self.device, self.dtype)
         groups = thread_groups(len(batch), self.device, self.workers, self.min_group)
+        band = self.frame.band
 
         def one(g: slice):
             part = batch if len(groups) == 1 else batch.subset(g)
             w = None if image_weights is None else image_weights[g]
             budget = FINE_BYTES if self.fine_memory is None else self.fine_memory // len(groups)
-            return self._evaluate(volume, part, gradient, poses, w, budget)
+            return self._evaluate(volume, cube, coarse_slices, part, gradient, poses, w, budget)
 
         with torch.no_grad(), tf32_products(self.tf32), flush_denormals():
+            # the band cube and the coarse slices are the groups' common start, made once on all threads
+            cube = band.forward_pairs(volume)                                           # (K, K, K, 2)
+            coarse_slices = self.coarse.slicing.forward_pairs(self.coarse_cube(cube))  # (Mc, Pc, 2)
             parts = map_in_threads(one, groups)
+            grad = None
+            if gradient:   # the fine level's gradients are on the band cube: summed, then one adjoint
+                on_cube = [r.gradient for r, st in parts if not st["dense"]]
+                total = [band.adjoint_pairs(sum(on_cube[1:], on_cube[0]))] if on_cube else []
+                total += [r.gradient for r, st in parts if st["dense"]]                # on the volume
+                grad = sum(total[1:], total[0])
         self.last_stats = merge_stats(parts, self.coarse.n_points, self.n_points)
-        if len(parts) == 1:
-            return parts[0][0]
         res = [r for r, _ in parts]
-        grad = torch.stack([r.gradient for r in res]).sum(0) if gradient else None
         best = [None if res[0].best_rotation is None else np.concatenate([getattr(r, k) for r in res])
                 for k in ("best_rotation", "best_shift", "best_probability")]
         return LikelihoodResult(torch.cat([r.log_likelihood for r in res]), grad, *best)
 
-    def _evaluate(self, volume, batch: PrunedBatch, gradient, poses, image_weights, fine_memory):
-        """One group's ``(result, stats)``: coarse marginals, candidates, then the fine level or, where
-        the candidates are many, the exhaustive kernel."""
-        rot, shift = self.coarse_marginals(volume, batch.coarse)
+    def coarse_cube(self, cube: torch.Tensor) -> torch.Tensor:
+        """The coarse level's band cube, cut from the centre of the full band's ``cube`` (both sample the
+        same transform at the same spacing; the coarse one stops at its own band)."""
+        h, hc = self.frame.band.half, self.coarse.band.half
+        return cube[h - hc:h + hc + 1, h - hc:h + hc + 1, h - hc:h + hc + 1].contiguous()
+
+    def _evaluate(self, volume, cube, coarse_slices, batch: PrunedBatch, gradient, poses, image_weights, fine_memory):
+        """One group's ``(result, stats)``: coarse marginals, candidates, then the fine level (its gradient
+        on the band cube) or, where the candidates are many, the exhaustive kernel (on the volume)."""
+        rot, shift = self.coarse_marginals(volume, batch.coarse, coarse_slices)
         base, var, sidx, r_keep, s_keep, n_rot, n_shift = self.select(rot, shift)
         counts = (r_keep, s_keep, n_rot, n_shift, rot.shape)
         exhaustive_poses = len(batch) * self.rotations.size * len(self.shifts)
         if self.exhaustive is not None and float((n_rot * n_shift).sum()) > self.dense_above * exhaustive_poses:
             res = self.exhaustive(volume, batch.fine, gradient=gradient, poses=poses, image_weights=image_weights)
             return res, self._stats(counts, len(self.rotations.base), dense=True)
-        return self._fine(volume, batch.fine, base, var, sidx, gradient, poses, counts, image_weights, fine_memory)
+        return self._fine(cube, batch.fine, base, var, sidx, gradient, poses, counts, image_weights, fine_memory)
 
-    def _fine(self, volume, batch, base, var, sidx, gradient, poses, counts, weights, fine_memory):
-        """Score candidates ``base``/``var`` ``(B, n)`` x shifts ``sidx`` ``(B, s)`` (-1: padding):
-        ``(result, stats)``, the groups' gathered slices within ``fine_memory`` bytes."""
+    def _fine(self, cube, batch, base, var, sidx, gradient, poses, counts, weights, fine_memory):
+        """Score candidates ``base``/``var`` ``(B, n)`` x shifts ``sidx`` ``(B, s)`` (-1: padding) against
+        the band ``cube``: ``(result, stats)``, the gradient on the cube, the groups' gathered slices
+        within ``fine_memory`` bytes."""
         f, p = self.frame, self.n_points
         b = len(batch)
         inv2 = 1.0 / self.noise_std ** 2
@@ -284,7 +300,6 @@ class PrunedLikelihood:
         full, inv = torch.unique(torch.where(rot_ok, base * 8 + var, 0), return_inverse=True)   # (U8,), (B, n)
         ub, uv = full // 8, full % 8
         union, binv = torch.unique(ub, return_inverse=True)
-        cube = f.band.forward_pairs(volume)
         y = self.candidates.forward(cube, union, keep=gradient)                         # (2, U, P): re, im
         # the slice of B T_v at data point p is the slice of B at index[v, p] (conjugated where conj);
         # a row holds the real parts, then the imaginary parts
@@ -338,7 +353,7 @@ class PrunedLikelihood:
             gy = torch.zeros_like(y)
             gy[0].view(-1).scatter_add_(0, gidx, gf[:, 0].reshape(-1))
             gy[1].view(-1).scatter_add_(0, gidx, (gf[:, 1] * sign).view(-1))
-            grad = f.band.adjoint_pairs(self.candidates.adjoint(gy, union).view(cube.shape))
+            grad = self.candidates.adjoint(gy, union).view(cube.shape)
         stats = self._stats(counts, len(union))
         if not poses:
             return LikelihoodResult(lse, grad, None, None, None), stats
