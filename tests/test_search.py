@@ -103,6 +103,27 @@ def test_coarse_marginals_are_log_sums_of_the_coarse_scores(problem, block_bytes
         assert torch.allclose(shift, torch.logsumexp(sc, (0, 2)), rtol=0, atol=1e-9)
 
 
+def test_keep_counts_order_only_as_far_as_needed():
+    """The kept prefixes (counts and their entries) are those of a full ordering, for rows whose mass
+    sits on a few entries, on many, and on more than the first ordering looks at."""
+    from cryosgd.inference.pose_tree import keep_count
+
+    gen = torch.Generator().manual_seed(8)
+    k = 4000
+    for width in (0.5, 5.0, 50.0):     # nats: sharp to broad
+        logm = torch.randn((6, k), generator=gen, dtype=torch.float64) * width
+        logm[0] = torch.randn(k, generator=gen, dtype=torch.float64) * 0.01   # flat: needs everything
+        for lo, hi in ((8, 512), (32, 512), (2, 16)):
+            order, count = keep_count(logm, 1e-3, lo, hi)
+            p = torch.softmax(logm, 1)
+            full = torch.sort(p, 1, descending=True)
+            want = ((full.values.cumsum(1) < 1 - 1e-3).sum(1) + 1).clamp(min=lo, max=hi)
+            assert torch.equal(count, want)
+            for row in range(len(logm)):
+                n = int(count[row])
+                assert torch.equal(order[row, :n].sort().values, full.indices[row, :n].sort().values)
+
+
 def test_the_coarse_cube_is_the_centre_of_the_full_band_cube(problem):
     """A call makes the full band's cube once and cuts the coarse level's from its centre: the same
     numbers as the coarse level's own band transform."""

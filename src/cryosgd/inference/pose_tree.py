@@ -19,17 +19,24 @@ __all__ = ["PoseTree", "keep_count"]
 
 def keep_count(log_marginal: torch.Tensor, epsilon: float, lo: int, hi: int,
                log_total: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``(B, K)`` log masses: order (descending; the first ``min(hi, K)`` entries) and the size
-    of the smallest prefix with ``1 - epsilon`` of the mass, clamped to ``[lo, hi]``.
+    """Per row of ``(B, K)`` log masses: order (descending; at least as many entries as the largest count)
+    and the size of the smallest prefix with ``1 - epsilon`` of the mass, clamped to ``[lo, hi]``.
 
     log_total: ``(B, 1)`` float64 log of each row's total mass, when known (the rotation and the shift
-    marginals of an image share it); otherwise it is computed."""
+    marginals of an image share it); otherwise it is computed.
+
+    The order is first taken to ``2 lo`` (at least 64) entries, and to ``hi`` only if some row's prefix
+    needs more: near convergence, at 128 px, the ordering of 512 of 100,800 coarse rotations took 6 ms
+    of a 50-image group's 200, and 32 were kept."""
     hi = min(hi, log_marginal.shape[1])
-    top, order = torch.topk(log_marginal, hi, dim=1, sorted=True)
     if log_total is None:
         log_total = torch.logsumexp(log_marginal.double(), 1, keepdim=True)
-    p = torch.exp(top.double() - log_total)
-    below = (p.cumsum(1) < 1 - epsilon).sum(1) + 1                                     # prefix reaching 1 - eps
+    for k in (min(hi, max(2 * lo, 64)), hi):
+        top, order = torch.topk(log_marginal, k, dim=1, sorted=True)
+        p = torch.exp(top.double() - log_total)
+        below = (p.cumsum(1) < 1 - epsilon).sum(1) + 1                                 # prefix reaching 1 - eps
+        if k == hi or int(below.max()) <= k:
+            break
     return order, below.clamp(min=lo, max=hi)
 
 
