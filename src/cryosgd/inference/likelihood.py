@@ -206,12 +206,14 @@ class MarginalLikelihood:
         cross = torch.cat([pairs, row_bias[:, None, :, None].expand(b, 8, s, 1)], dim=3)   # (B,8,S,2P+1)
         return cross.reshape(b * 8 * s, 2 * p + 1), c2v.reshape(b * 8, p)
 
-    def _score_function(self, batch: LikelihoodBatch, y: torch.Tensor):
-        """Log joint scores of base rotations ``start:stop`` as ``(C, B*8*S)`` (columns: image, variant, shift).
+    def _score_function(self, batch: LikelihoodBatch, y: torch.Tensor, shifts_first: bool = False):
+        """Log joint scores of base rotations ``start:stop`` as ``(C, B*8*S)`` (columns: image, variant, shift;
+        with ``shifts_first``: shift, image, variant, so that reductions over shifts run over whole rows).
 
         Rotations run down the rows so the big product is ``(C, D) @ (D, B*8*S)``, the
         orientation the BLAS runs fastest, and the gradient products need no transposes.
-        Returns ``scores(start, stop)`` and the data-side rows ``cross (B*8*S, 2P+1)``, ``c2v (B*8, P)``.
+        Returns ``scores(start, stop)`` and the data-side rows ``cross (B*8*S, 2P+1)`` (in the columns'
+        order), ``c2v (B*8, P)``.
         """
         b, s, mb = len(batch), len(self.shifts), y.shape[0]
         inv2 = 1.0 / self.noise_std**2
@@ -231,6 +233,8 @@ class MarginalLikelihood:
             def scores(start, stop):
                 return right[start:stop] @ left
         else:
+            if shifts_first:
+                cross = cross.view(b, 8, s, -1).permute(2, 0, 1, 3).reshape(s * b * 8, -1)
             cross_t, c2v_t = _pad_columns(cross).T.contiguous(), c2v.T.contiguous()        # (2P+1+pad, B8S), (P, B8)
             ycols = _pad_columns(torch.cat([y, ones], 1))                                  # (Mb, 2P+1+pad)
 
@@ -238,7 +242,10 @@ class MarginalLikelihood:
                 sc = ycols[start:stop] @ cross_t                                           # (C, B8S)
                 nt = torch.mm(ynorm[start:stop], c2v_t).mul_(-0.5 * inv2)                 # (C, B8)
                 nt.view(stop - start, b, -1).add_(lw[start:stop, None, :])                 # (C, B, 8): + log w_r
-                sc.view(stop - start, b * 8, s).add_(nt[:, :, None])
+                if shifts_first:
+                    sc.view(stop - start, s, b * 8).add_(nt[:, None, :])
+                else:
+                    sc.view(stop - start, b * 8, s).add_(nt[:, :, None])
                 return sc
         return scores, cross, c2v
 

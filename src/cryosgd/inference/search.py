@@ -198,7 +198,9 @@ class PrunedLikelihood:
 
         The scores are made and reduced in blocks of images x rotations of about :data:`BLOCK_BYTES`,
         so that the five passes over each block (product, maximum, exponential, two sums) run in the
-        cache: in blocks of a gigabyte, memory-bound, they took twice as long (64 px, 15 Å)."""
+        cache: in blocks of a gigabyte, memory-bound, they took twice as long (64 px, 15 Å).  The scores'
+        columns are ordered shift first, so the maxima and sums over shifts run over whole rows (over
+        a last axis of 13 shifts they took twice as long, 128 px)."""
         k = self.coarse
         y = k.slices_pairs(volume) if slices is None else slices
         b, mc, s = len(batch), y.shape[0], len(k.shifts)
@@ -210,22 +212,20 @@ class PrunedLikelihood:
             g = slice(g0, min(g0 + group, b))
             sub = LikelihoodBatch(batch.data[g], batch.ctf[g], batch.data_norm[g])
             nb = len(sub)
-            scores, _, _ = k._score_function(sub, y)
+            scores, _, _ = k._score_function(sub, y, shifts_first=True)   # reduced over shifts: whole rows
             chunk = max(1, min(mc, BLOCK_BYTES // (nb * 8 * s * width), self.coarse_memory // (nb * 8 * s * width)))
             for start in range(0, mc, chunk):
                 stop = min(start + chunk, mc)
-                sc = scores(start, stop).view(stop - start, nb, 8, s)
-                # each rotation relative to its own best shift, so that far-off rotations keep their rank
-                # instead of underflowing to -inf together
-                m = sc.amax(3)                                                          # (C, G, 8)
-                e = exp_floored_(sc.sub_(m[..., None]))
-                rot[g, :, start:stop] = (e.sum(3).log_() + m).permute(1, 2, 0)
+                sc = scores(start, stop).view(stop - start, s, nb, 8)
+                # each rotation against its own best shift: far-off ones keep their rank (not -inf together)
+                m = sc.amax(1)                                                          # (C, G, 8)
+                e = exp_floored_(sc.sub_(m[:, None]))
+                rot[g, :, start:stop] = (e.sum(1).log_() + m).permute(1, 2, 0)
                 top = m.amax((0, 2))                                                    # (G,)
                 wm = exp_floored_(m - top[None, :, None])                                 # (C, G, 8)
-                # sum over rotations of their weight times e: scaled in place, then summed over the leading
-                # axis (an einsum copied the block to put images first: 95 of 108 ms, 100 images at 15 Å)
-                mass = e.mul_(wm[..., None]).sum(0).sum(1)                                  # (G, S)
-                shift[g] = torch.logaddexp(shift[g], mass.log_() + top[:, None])
+                # sum over rotations of their weight times e: scaled in place, summed over leading axes
+                mass = e.mul_(wm[:, None]).sum(0).sum(2)                                    # (S, G)
+                shift[g] = torch.logaddexp(shift[g], mass.T.log() + top[:, None])
         return rot, shift
 
     def select(self, rot: torch.Tensor, shift: torch.Tensor):
